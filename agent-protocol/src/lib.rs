@@ -1,0 +1,1 @@
+//! The JSON messages exchanged between the control plane and broker agents.

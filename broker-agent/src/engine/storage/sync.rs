@@ -1,0 +1,2 @@
+//! See the `storage` module docs.
+pub(super) struct SyncThread;

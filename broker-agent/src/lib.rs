@@ -1,0 +1,2 @@
+//! mooring-agent: one broker node. Embeds the queue engine and talks to the control plane.
+pub mod engine;
