@@ -1,0 +1,84 @@
+//! [`Node`] for the real engine: maps the wire configuration onto the engine's users and limits.
+
+use super::node::Node;
+use super::RunArgs;
+use crate::engine::{Engine, EngineAddrs, EngineConfig, Limits, UserDef};
+use mooring_agent_protocol::{DesiredConfig, EngineStatus};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct EngineNode {
+    engine: Arc<Engine>,
+}
+
+impl EngineNode {
+    /// Starts the engine on the node's data directory with the held configuration, if any.
+    pub async fn start(args: &RunArgs, held: Option<&DesiredConfig>) -> anyhow::Result<Self> {
+        let mut config = EngineConfig::new(args.data_dir.join("engine"), args.amqp_listen);
+        config.admin_listen = Some(args.admin_listen);
+        if let Some(held) = held {
+            config.initial_users = users(held);
+            config.limits = limits(held);
+            config.memory_high_watermark_bytes = held.limits.memory_bytes.max(64 << 20) * 4 / 10;
+        }
+        let engine = Engine::start(config).await?;
+        let node = EngineNode {
+            engine: Arc::new(engine),
+        };
+        // The engine keeps users from its own snapshot over `initial_users`; the ledger is the
+        // authority here, so apply it again.
+        if let Some(held) = held {
+            node.apply(held)?;
+        }
+        Ok(node)
+    }
+
+    pub fn addrs(&self) -> EngineAddrs {
+        self.engine.local_addrs()
+    }
+
+    pub async fn shutdown(&self) {
+        self.engine.shutdown().await;
+    }
+}
+
+impl Node for EngineNode {
+    fn apply(&self, config: &DesiredConfig) -> anyhow::Result<()> {
+        self.engine.set_users(users(config));
+        self.engine.set_limits(limits(config));
+        Ok(())
+    }
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            ready: true,
+            connections: 0,
+            queues: 0,
+            messages: 0,
+        }
+    }
+}
+
+fn users(config: &DesiredConfig) -> Vec<UserDef> {
+    config
+        .users
+        .iter()
+        .map(|u| UserDef {
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone(),
+            tags: u.tags.clone(),
+            vhosts: u.vhosts.clone(),
+        })
+        .collect()
+}
+
+fn limits(config: &DesiredConfig) -> Limits {
+    let l = &config.limits;
+    Limits {
+        max_connections: Some(l.max_connections),
+        max_channels_per_connection: u16::try_from(l.max_channels_per_connection)
+            .unwrap_or(u16::MAX),
+        max_queues: Some(l.max_queues),
+        ..Limits::default()
+    }
+}
