@@ -24,9 +24,16 @@ mod sync;
 
 pub use log::{QueueLog, SyncWaiter};
 
-use std::io;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
 /// Where a record lives: enough to read it back or to ack it without any other index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,48 +106,214 @@ pub struct Storage {
 struct StorageInner {
     config: StorageConfig,
     sync: sync::SyncThread,
+    /// Held (flock'd) for the life of the storage: two processes on one data directory would
+    /// corrupt each other's logs.
+    _lock: File,
+    /// Serialises `save_definitions` (they share one temp file).
+    definitions: Mutex<()>,
 }
+
+const LOCK_FILE: &str = "LOCK";
+const QUEUES_DIR: &str = "queues";
+const META_FILE: &str = "meta";
 
 impl Storage {
     /// Opens (creating if needed) the storage under `config.dir` and starts the sync thread.
+    /// Fails if another process (or another `Storage` in this one) has the directory open.
     pub fn open(config: StorageConfig) -> io::Result<Storage> {
-        let _ = &config;
-        todo!("storage helper")
+        if config.segment_bytes == 0 || config.segment_bytes > log::MAX_SEGMENT_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "segment_bytes must be between 1 and {}",
+                    log::MAX_SEGMENT_BYTES
+                ),
+            ));
+        }
+        std::fs::create_dir_all(config.dir.join(QUEUES_DIR))?;
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(config.dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "data directory {} is in use by another storage",
+                        config.dir.display()
+                    ),
+                ))
+            }
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+        // Make `queues/` itself durable (it may have just been created).
+        File::open(&config.dir)?.sync_all()?;
+        let sync = sync::SyncThread::start(config.sync_interval)?;
+        Ok(Storage {
+            inner: Arc::new(StorageInner {
+                config,
+                sync,
+                _lock: lock,
+                definitions: Mutex::new(()),
+            }),
+        })
     }
 
     /// The last saved definitions snapshot, or `None` on a fresh data directory.
     pub fn load_definitions(&self) -> io::Result<Option<Vec<u8>>> {
-        todo!("storage helper")
+        let _guard = self.inner.definitions.lock();
+        definitions::load(&self.inner.config.dir)
     }
 
     /// Atomically replaces the definitions snapshot; durable (fsync'd) when this returns.
     pub fn save_definitions(&self, bytes: &[u8]) -> io::Result<()> {
-        let _ = bytes;
-        todo!("storage helper")
+        let _guard = self.inner.definitions.lock();
+        definitions::save(&self.inner.config.dir, bytes)?;
+        self.inner
+            .sync
+            .counters
+            .fsyncs_total
+            .fetch_add(2, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn queues_dir(&self) -> PathBuf {
+        self.inner.config.dir.join(QUEUES_DIR)
     }
 
     /// Opens (creating if needed) the log of one durable queue, recovering it first: torn or
     /// corrupt tails are truncated at the last intact record, acked records are skipped.
-    /// Use [`QueueLog::scan`] to stream the live records back.
+    /// Use [`QueueLog::scan`] to stream the live records back. At most one `QueueLog` per key
+    /// may be open at a time.
     pub fn open_queue_log(&self, key: &QueueKey, durability: Durability) -> io::Result<QueueLog> {
-        let _ = (key, durability);
-        todo!("storage helper")
+        let queues = self.queues_dir();
+        let dir = queues.join(key.dir_name());
+        let meta = dir.join(META_FILE);
+        if !meta.exists() {
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            let names = serde_json::json!({ "vhost": key.vhost, "name": key.name });
+            let mut file = File::create(&meta)?;
+            file.write_all(names.to_string().as_bytes())?;
+            file.sync_all()?;
+            File::open(&dir)?.sync_all()?;
+            File::open(&queues)?.sync_all()?;
+            self.inner
+                .sync
+                .counters
+                .fsyncs_total
+                .fetch_add(3, Ordering::Relaxed);
+        }
+        QueueLog::open(
+            dir,
+            self.inner.config.segment_bytes,
+            durability,
+            &self.inner.sync,
+        )
     }
 
     /// Removes a queue's log entirely. Deleting a log that does not exist is not an error.
+    /// Drop the queue's `QueueLog` first.
     pub fn delete_queue_log(&self, key: &QueueKey) -> io::Result<()> {
-        let _ = key;
-        todo!("storage helper")
+        let queues = self.queues_dir();
+        // Rename first: the removal below is not atomic, but a renamed directory is never
+        // opened as the queue again (a redeclared queue starts empty) and is swept by
+        // `retain_queue_logs` if a crash interrupts the removal.
+        static DELETIONS: AtomicU64 = AtomicU64::new(0);
+        let doomed = queues.join(format!(
+            "{}.deleted-{}-{}",
+            key.dir_name(),
+            std::process::id(),
+            DELETIONS.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::rename(queues.join(key.dir_name()), &doomed) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        }
+        File::open(&queues)?.sync_all()?;
+        self.inner
+            .sync
+            .counters
+            .fsyncs_total
+            .fetch_add(1, Ordering::Relaxed);
+        std::fs::remove_dir_all(&doomed)
     }
 
     /// Removes every queue log on disk whose key is not in `keep` (logs of queues deleted while
     /// a crash interrupted the removal).
     pub fn retain_queue_logs(&self, keep: &[QueueKey]) -> io::Result<()> {
-        let _ = keep;
-        todo!("storage helper")
+        let queues = self.queues_dir();
+        let keep: HashSet<String> = keep.iter().map(QueueKey::dir_name).collect();
+        let mut removed = false;
+        for entry in std::fs::read_dir(&queues)? {
+            let entry = entry?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| keep.contains(name))
+            {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+            removed = true;
+        }
+        if removed {
+            File::open(&queues)?.sync_all()?;
+            self.inner
+                .sync
+                .counters
+                .fsyncs_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
+    /// Counters of the open queue logs and of every fsync since `open`.
     pub fn stats(&self) -> StorageStats {
-        todo!("storage helper")
+        let mut stats = StorageStats {
+            fsyncs_total: self
+                .inner
+                .sync
+                .counters
+                .fsyncs_total
+                .load(Ordering::Relaxed),
+            ..StorageStats::default()
+        };
+        for log in self
+            .inner
+            .sync
+            .logs
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+        {
+            stats.bytes_on_disk += log.bytes_on_disk.load(Ordering::Relaxed);
+            stats.segments += log.segments.load(Ordering::Relaxed);
+        }
+        stats
     }
 }
+
+impl QueueKey {
+    /// The log's directory name: a hash of vhost and name (both may hold any characters, and
+    /// the length prefix keeps ("a", "bc") apart from ("ab", "c")).
+    fn dir_name(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update((self.vhost.len() as u64).to_le_bytes());
+        hasher.update(self.vhost.as_bytes());
+        hasher.update(self.name.as_bytes());
+        hex::encode(&hasher.finalize()[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests;
