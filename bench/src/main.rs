@@ -1,1 +1,51 @@
-fn main() {}
+//! `mooring-loadgen`: PerfTest-style load against any AMQP 0-9-1 broker. Exits 0 when the
+//! run completed (counts reached, no connection errors), 1 otherwise.
+
+use clap::Parser;
+use mooring_bench::config::Args;
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let plan = match args.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("mooring-loadgen: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // One worker per core: a producer and a consumer each get a thread without the
+    // overhead of more threads than the machine has.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mooring-loadgen: starting the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(mooring_bench::run::run(plan)) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string(&report) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => eprintln!("mooring-loadgen: encoding the report: {e}"),
+                }
+            } else {
+                println!("{}", report.human());
+            }
+            if report.complete {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("mooring-loadgen: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Mooring's AMQP 0-9-1 load generator (`mooring-loadgen`) and the side-by-side engine
+//! benchmark (`mooring-bench-engine`), built on amq-protocol's codec over tokio TCP so
+//! that the client is never the bottleneck.
+
+pub mod client;
+pub mod config;
+pub mod consumer;
+pub mod cpu;
+pub mod publisher;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod wire;

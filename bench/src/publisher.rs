@@ -1,0 +1,231 @@
+//! One producer: writes basic.publish frames in batches, keeps at most `confirm` messages
+//! unconfirmed, optionally paced to a rate. A reader task on the same connection counts
+//! the broker's confirms and notices a close.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use amq_protocol::protocol::{basic, AMQPClass};
+use anyhow::{bail, Context, Result};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::client::{close_error, Client, CHANNEL};
+use crate::wire::{encode_method, FrameReader, PublishTemplate, FRAME_METHOD};
+
+/// Bytes gathered before one write: large enough to amortise the syscall, small enough
+/// that the broker sees a steady stream.
+const BATCH_BYTES: usize = 64 << 10;
+/// The longest any wait goes without re-checking the stop flag.
+const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+pub struct PublisherSpec {
+    pub template: PublishTemplate,
+    /// Unconfirmed messages allowed; 0 = confirms off.
+    pub confirm: u64,
+    pub pmessages: Option<u64>,
+    /// Messages per second.
+    pub rate: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct PublisherResult {
+    pub published: u64,
+    pub confirmed: u64,
+    pub nacked: u64,
+    /// When the last message was published (and, with confirms, confirmed) in a count run.
+    pub finished_at: Option<Instant>,
+    pub error: Option<String>,
+}
+
+/// What the confirm reader shares with the writer.
+#[derive(Debug, Default)]
+struct Confirms {
+    confirmed: AtomicU64,
+    nacked: AtomicU64,
+    failed: AtomicBool,
+    error: Mutex<Option<String>>,
+    changed: Notify,
+}
+
+pub fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs until `stop` is set, the count is published (and confirmed), or an error.
+/// `published` is updated as it goes so the coordinator can watch progress.
+pub async fn run(
+    client: Client,
+    spec: PublisherSpec,
+    stop: Arc<AtomicBool>,
+    published: Arc<AtomicU64>,
+) -> PublisherResult {
+    let (read, mut write, reader) = client.into_parts();
+    let confirms = Arc::new(Confirms::default());
+    let reader_task = tokio::spawn(read_confirms(read, reader, confirms.clone()));
+    let mut result = PublisherResult::default();
+    if let Err(e) = publish_loop(&mut write, &spec, &stop, &published, &confirms, &mut result).await
+    {
+        result.error = Some(format!("{e:#}"));
+    }
+    // Close politely so the broker does not log an abrupt disconnect; the reader sees
+    // close-ok (or the socket end) and exits.
+    let mut out = Vec::new();
+    if encode_method(&mut out, 0, close_method()).is_ok() {
+        let _ = tokio::time::timeout(POLL * 5, write.write_all(&out)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), reader_task).await;
+    result.confirmed = confirms.confirmed.load(Ordering::Acquire);
+    result.nacked = confirms.nacked.load(Ordering::Acquire);
+    if result.error.is_none() {
+        result.error = confirms.error.lock().take();
+    }
+    result
+}
+
+fn close_method() -> AMQPClass {
+    AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Close(
+        amq_protocol::protocol::connection::Close {
+            reply_code: 200,
+            reply_text: "done".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    ))
+}
+
+async fn publish_loop(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    spec: &PublisherSpec,
+    stop: &AtomicBool,
+    published: &AtomicU64,
+    confirms: &Confirms,
+    result: &mut PublisherResult,
+) -> Result<()> {
+    let per_batch = (BATCH_BYTES / spec.template.bytes.len()).max(1) as u64;
+    let mut out = Vec::with_capacity(BATCH_BYTES + spec.template.bytes.len());
+    let started = Instant::now();
+    let mut seq = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if confirms.failed.load(Ordering::Acquire) {
+            bail!("connection lost");
+        }
+        let mut allowed = per_batch;
+        if let Some(total) = spec.pmessages {
+            if seq >= total {
+                break;
+            }
+            allowed = allowed.min(total - seq);
+        }
+        if spec.confirm > 0 {
+            let outstanding = seq - confirms.confirmed.load(Ordering::Acquire);
+            if outstanding >= spec.confirm {
+                // The reader's notify_one leaves a permit if it fires before we wait.
+                let _ = tokio::time::timeout(POLL, confirms.changed.notified()).await;
+                continue;
+            }
+            allowed = allowed.min(spec.confirm - outstanding);
+        }
+        if let Some(rate) = spec.rate {
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            if seq >= due {
+                let next = started + Duration::from_secs_f64((seq + 1) as f64 / rate as f64);
+                tokio::time::sleep_until(next.min(Instant::now() + POLL)).await;
+                continue;
+            }
+            allowed = allowed.min(due - seq);
+        }
+        out.clear();
+        // One timestamp per batch: the whole batch reaches the socket in one write.
+        let now = wall_clock_ns();
+        for i in 0..allowed {
+            spec.template.append(&mut out, now, seq + i);
+        }
+        write
+            .write_all(&out)
+            .await
+            .context("writing to the broker")?;
+        seq += allowed;
+        published.store(seq, Ordering::Relaxed);
+        result.published = seq;
+    }
+    // A count run is finished when the broker has taken responsibility for every message.
+    if spec.confirm > 0 {
+        while confirms.confirmed.load(Ordering::Acquire) < seq {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if confirms.failed.load(Ordering::Acquire) {
+                bail!("connection lost with {} messages unconfirmed", seq - confirms.confirmed.load(Ordering::Acquire));
+            }
+            let _ = tokio::time::timeout(POLL, confirms.changed.notified()).await;
+        }
+    }
+    result.finished_at = Some(Instant::now());
+    Ok(())
+}
+
+async fn read_confirms(mut read: OwnedReadHalf, mut reader: FrameReader, confirms: Arc<Confirms>) {
+    if let Err(e) = confirm_loop(&mut read, &mut reader, &confirms).await {
+        *confirms.error.lock() = Some(format!("{e:#}"));
+    }
+    confirms.failed.store(true, Ordering::Release);
+    confirms.changed.notify_one();
+}
+
+async fn confirm_loop(
+    read: &mut OwnedReadHalf,
+    reader: &mut FrameReader,
+    confirms: &Confirms,
+) -> Result<()> {
+    let mut tracker = crate::stats::ConfirmTracker::default();
+    loop {
+        let mut changed = false;
+        while let Some(frame) = reader.next_frame()? {
+            if frame.kind != FRAME_METHOD || frame.channel > CHANNEL {
+                continue;
+            }
+            match frame.method()? {
+                AMQPClass::Basic(basic::AMQPMethod::Ack(ack)) => {
+                    changed |= tracker.confirm(ack.delivery_tag, ack.multiple) > 0;
+                }
+                AMQPClass::Basic(basic::AMQPMethod::Nack(nack)) => {
+                    let n = tracker.confirm(nack.delivery_tag, nack.multiple);
+                    confirms.nacked.fetch_add(n, Ordering::Relaxed);
+                    changed |= n > 0;
+                }
+                AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::CloseOk(
+                    _,
+                )) => return Ok(()),
+                AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Blocked(
+                    b,
+                )) => {
+                    eprintln!("mooring-loadgen: broker blocked the publisher: {}", b.reason);
+                }
+                method => {
+                    if let Some(err) = close_error(&method) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        if changed {
+            confirms.confirmed.store(tracker.confirmed(), Ordering::Release);
+            confirms.changed.notify_one();
+        }
+        if !reader.fill(read).await? {
+            bail!("broker closed the connection");
+        }
+    }
+}
