@@ -1,0 +1,2 @@
+//! Authentication and authorization, pure and I/O-free.
+pub mod sigv4;
