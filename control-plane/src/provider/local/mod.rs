@@ -1,0 +1,267 @@
+//! The `local` provider: each node is a `mooring-agent run` process on this machine.
+//!
+//! A node's data directory is `<nodes-dir>/<node-id>/`; the agent's output goes to `agent.log`
+//! in it. Agents run in their own process group, so a `kill -9` of the control plane (or a
+//! Ctrl-C in its terminal) leaves them serving. A restarted control plane finds them again
+//! through the pid file the agent writes, or by their command line in `/proc` ([`procfs`]),
+//! and never starts a second agent for a node; the agent's lock on its data directory makes
+//! a duplicate impossible even if it tried.
+
+mod procfs;
+mod signal;
+
+use super::{Endpoint, NodeSpec, ProcessState, Provider, StartOutcome};
+use anyhow::{bail, Context};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use mooring_agent_protocol::{NodeId, TOKEN_ENV};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The pid file the agent writes in its data directory (see the agent's `lock` module).
+const PID_FILE: &str = "agent.pid";
+const LOG_FILE: &str = "agent.log";
+/// How often a stop polls for the process to be gone.
+const STOP_POLL: Duration = Duration::from_millis(20);
+/// After SIGKILL a process is gone within this long, or something is badly wrong.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at finding two free ports not held by another node.
+const PORT_ATTEMPTS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The `mooring-agent` binary.
+    pub agent_binary: PathBuf,
+    /// Where node data directories live: `<cp-data-dir>/nodes`.
+    pub nodes_dir: PathBuf,
+    /// The control plane's base URL as agents reach it, e.g. `http://127.0.0.1:7878`.
+    pub control_plane_url: String,
+    pub heartbeat_interval: Duration,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl LocalConfig {
+    pub fn new(agent_binary: PathBuf, cp_data_dir: &Path, control_plane_url: String) -> Self {
+        LocalConfig {
+            agent_binary,
+            nodes_dir: cp_data_dir.join("nodes"),
+            control_plane_url,
+            heartbeat_interval: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    config: LocalConfig,
+}
+
+impl LocalProvider {
+    pub fn new(config: LocalConfig) -> Self {
+        LocalProvider { config }
+    }
+
+    /// `<nodes-dir>/<node-id>`, refusing ids that could escape it.
+    pub fn node_dir(&self, node: &NodeId) -> anyhow::Result<PathBuf> {
+        if !NodeId::is_valid(&node.0) {
+            bail!("invalid node id {:?}", node.0);
+        }
+        Ok(self.config.nodes_dir.join(&node.0))
+    }
+
+    /// The node's live agent, if any: the pid file first, else a scan of `/proc`.
+    fn find(&self, node: &NodeId) -> anyhow::Result<Option<u32>> {
+        let dir = self.node_dir(node)?;
+        let from_file = fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|pid| procfs::is_agent(*pid, &node.0, &dir));
+        if from_file.is_some() {
+            return Ok(from_file);
+        }
+        let found = procfs::find_agents(&node.0, &dir);
+        if found.len() > 1 {
+            tracing::error!(node = %node, pids = ?found, "several agents for one node");
+        }
+        Ok(found.into_iter().min())
+    }
+
+    async fn start_inner(&self, spec: &NodeSpec, token: &str) -> anyhow::Result<StartOutcome> {
+        if let Some(pid) = self.find(&spec.node_id)? {
+            return Ok(StartOutcome::Adopted { pid: Some(pid) });
+        }
+        let dir = self.node_dir(&spec.node_id)?;
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(LOG_FILE))
+            .context("opening the agent log")?;
+        let log_err = log
+            .try_clone()
+            .context("duplicating the agent log handle")?;
+        let mut child = tokio::process::Command::new(&self.config.agent_binary)
+            .arg("run")
+            .arg("--control-plane")
+            .arg(&self.config.control_plane_url)
+            .arg("--node-id")
+            .arg(&spec.node_id.0)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--amqp-listen")
+            .arg(format!("127.0.0.1:{}", spec.amqp_port))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", spec.admin_port))
+            .arg("--heartbeat-interval-ms")
+            .arg(self.config.heartbeat_interval.as_millis().to_string())
+            .env(TOKEN_ENV, token)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group: signals aimed at the control plane's group (a terminal's
+            // Ctrl-C, a supervisor stopping it) do not reach the agents.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .with_context(|| format!("starting {}", self.config.agent_binary.display()))?;
+        let pid = child.id();
+        let node = spec.node_id.clone();
+        // Reap the child when it exits, so it does not linger as a zombie of ours.
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => tracing::info!(node = %node, %status, "agent exited"),
+                Err(e) => tracing::warn!(node = %node, "waiting for the agent failed: {e}"),
+            }
+        });
+        tracing::info!(node = %spec.node_id, ?pid, "started agent");
+        Ok(StartOutcome::Started { pid })
+    }
+
+    async fn stop_inner(&self, node: &NodeId) -> anyhow::Result<()> {
+        let Some(pid) = self.find(node)? else {
+            return Ok(());
+        };
+        let dir = self.node_dir(node)?;
+        signal::send(pid, libc::SIGTERM).context("sending SIGTERM")?;
+        if wait_gone(pid, &node.0, &dir, self.config.stop_timeout).await {
+            return Ok(());
+        }
+        tracing::warn!(node = %node, pid, "agent ignored SIGTERM; killing it");
+        signal::send(pid, libc::SIGKILL).context("sending SIGKILL")?;
+        if wait_gone(pid, &node.0, &dir, KILL_TIMEOUT).await {
+            return Ok(());
+        }
+        bail!("agent {pid} of {node} survived SIGKILL")
+    }
+
+    async fn delete_inner(&self, node: &NodeId) -> anyhow::Result<()> {
+        self.stop_inner(node).await?;
+        let dir = self.node_dir(node)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+    }
+
+    fn list_inner(&self) -> anyhow::Result<Vec<NodeId>> {
+        let entries = match fs::read_dir(&self.config.nodes_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("listing the nodes directory"),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.context("reading the nodes directory")?;
+            if let Some(name) = entry.file_name().to_str() {
+                if NodeId::is_valid(name) && entry.path().is_dir() {
+                    ids.push(NodeId(name.to_string()));
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// Polls until `pid` is no longer the node's agent, up to `timeout`.
+async fn wait_gone(pid: u32, node: &str, dir: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !procfs::is_agent(pid, node, dir) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// Two distinct free loopback ports, neither in `taken`. Both listeners are held at once so
+/// the kernel cannot hand out the same port twice.
+fn free_port_pair(taken: &[u16]) -> anyhow::Result<(u16, u16)> {
+    for _ in 0..PORT_ATTEMPTS {
+        let a = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+        let b = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+        let pa = a.local_addr().context("probe address")?.port();
+        let pb = b.local_addr().context("probe address")?.port();
+        if !taken.contains(&pa) && !taken.contains(&pb) {
+            return Ok((pa, pb));
+        }
+    }
+    bail!(
+        "no free loopback ports outside the {} already held",
+        taken.len()
+    )
+}
+
+impl Provider for LocalProvider {
+    fn allocate_endpoint(&self, taken: &[u16]) -> anyhow::Result<Endpoint> {
+        let (amqp_port, admin_port) = free_port_pair(taken)?;
+        Ok(Endpoint {
+            host: "127.0.0.1".into(),
+            amqp_port,
+            admin_port,
+        })
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a NodeSpec,
+        token: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<StartOutcome>> {
+        self.start_inner(spec, token).boxed()
+    }
+
+    fn status<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, anyhow::Result<ProcessState>> {
+        async move {
+            Ok(match self.find(node)? {
+                Some(pid) => ProcessState::Running { pid: Some(pid) },
+                None => ProcessState::NotRunning,
+            })
+        }
+        .boxed()
+    }
+
+    fn stop<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.stop_inner(node).boxed()
+    }
+
+    fn delete<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.delete_inner(node).boxed()
+    }
+
+    fn list<'a>(&'a self) -> BoxFuture<'a, anyhow::Result<Vec<NodeId>>> {
+        async move { self.list_inner() }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests;

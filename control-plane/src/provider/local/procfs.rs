@@ -1,0 +1,106 @@
+//! Finding a node's agent process through `/proc`, so that a restarted control plane adopts
+//! the agents it started before instead of starting duplicates.
+//!
+//! A process is a node's agent when its command line carries `--node-id <id>` and
+//! `--data-dir <dir>` exactly and it is not a zombie. Matching both guards against pid reuse
+//! and against agents of another control plane (another data dir) with the same node id.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Whether `pid` is the live agent of `node_id` on `data_dir`.
+pub fn is_agent(pid: u32, node_id: &str, data_dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    cmdline_names(&cmdline, node_id, data_dir) && !is_zombie(pid)
+}
+
+/// Every live agent of `node_id` on `data_dir` (more than one only if something went badly
+/// wrong; the data-dir lock makes all but one exit at once).
+pub fn find_agents(node_id: &str, data_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_agent(*pid, node_id, data_dir))
+        .collect()
+}
+
+fn cmdline_names(cmdline: &[u8], node_id: &str, data_dir: &Path) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let has = |flag: &str, value: &[u8]| {
+        args.windows(2)
+            .any(|w| w[0] == flag.as_bytes() && w[1] == value)
+    };
+    has("--node-id", node_id.as_bytes()) && has("--data-dir", OsStr::as_bytes(data_dir.as_os_str()))
+}
+
+fn is_zombie(pid: u32) -> bool {
+    // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')' (comm may hold any
+    // character, including ')' and spaces).
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z") | Some("X") | None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn command_lines_match_on_exact_pairs() {
+        let dir = PathBuf::from("/data/nodes/b-1-1");
+        let line = b"mooring-agent\0run\0--node-id\0b-1-1\0--data-dir\0/data/nodes/b-1-1\0";
+        assert!(cmdline_names(line, "b-1-1", &dir));
+        assert!(!cmdline_names(line, "b-1-10", &dir), "no prefix matches");
+        assert!(!cmdline_names(
+            line,
+            "b-1-1",
+            Path::new("/other/nodes/b-1-1")
+        ));
+        let swapped = b"mooring-agent\0run\0--data-dir\0b-1-1\0--node-id\0/data/nodes/b-1-1\0";
+        assert!(!cmdline_names(swapped, "b-1-1", &dir));
+    }
+
+    #[test]
+    fn finds_a_real_process_by_its_arguments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = format!("n-{}", std::process::id());
+        // `sh -c` keeps its own arguments in its command line; `; true` stops it from exec'ing.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sleep 30; true",
+                "sh",
+                "--node-id",
+                &node,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .spawn()
+            .expect("spawn a stand-in process");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_agent(pid, &node, dir.path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} never matched"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(find_agents(&node, dir.path()), vec![pid]);
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(!is_agent(pid, &node, dir.path()));
+        assert!(find_agents(&node, dir.path()).is_empty());
+    }
+}
