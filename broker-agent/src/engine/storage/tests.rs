@@ -594,7 +594,7 @@ fn bench_append_flush_sync() {
             "{size:>5} B: append {:.1} M/s ({:.0} ns each), flush of {} MiB {:?}, ack {:.1} M/s, ack flush {:?}",
             n as f64 / append.as_secs_f64() / 1e6,
             append.as_nanos() as f64 / n as f64,
-            n * (size + 8) >> 20,
+            (n * (size + 8)) >> 20,
             flush,
             n as f64 / ack.as_secs_f64() / 1e6,
             ack_flush,
