@@ -177,7 +177,9 @@ class RawConnection:
         assert f.method == method, f"expected {method}, got {f!r} {f.payload[:200]!r}"
         return f
 
-    def handshake(self, user="guest", password="guest", vhost="/", heartbeat=0, frame_max=131072, open_vhost=True):
+    def handshake(
+        self, user="guest", password="guest", vhost="/", heartbeat=0, frame_max=131072, channel_max=0, open_vhost=True
+    ):
         """Header, start/start-ok (PLAIN), tune/tune-ok; then connection.open unless told not to.
 
         Returns the frame answering connection.open (open-ok, or a close on refusal).
@@ -190,7 +192,9 @@ class RawConnection:
         f = self.read_method()
         if f.method != CONNECTION_TUNE:
             return f  # refused during authentication
-        channel_max, server_frame_max, _server_heartbeat = struct.unpack("!HIH", f.payload[4:12])
+        server_channel_max, server_frame_max, _server_heartbeat = struct.unpack("!HIH", f.payload[4:12])
+        if not channel_max:
+            channel_max = server_channel_max
         if server_frame_max:
             frame_max = min(frame_max, server_frame_max)
         self.frame_max, self.heartbeat = frame_max, heartbeat
