@@ -1,0 +1,62 @@
+//! The rules of the public API, per resource. Each operation validates, writes intent
+//! to the store, wakes the reconcilers and returns at once; nodes converge later.
+//!
+//! Concurrency: broker changes are read-modify-write guarded by the row's `version`.
+//! A writer that loses the race re-reads and re-applies its change (re-validating it
+//! against the fresh state) up to [`UPDATE_ATTEMPTS`] times, then answers
+//! ConflictException; so two concurrent updates never silently lose one.
+
+pub mod arn;
+pub mod brokers;
+pub mod catalog;
+pub mod configurations;
+pub mod paging;
+pub mod password;
+pub mod tags;
+pub mod users;
+pub mod validate;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How often a broker update re-reads and retries after losing a race.
+pub const UPDATE_ATTEMPTS: usize = 5;
+
+/// Everything request handlers and background tasks share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServeConfig>,
+    pub metrics: Arc<Metrics>,
+    /// A counter bumped after every write of intent; each reconciler holds a receiver
+    /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
+    /// channel never loses a wake-up that arrives while a pass is running.
+    reconcile_wake: Arc<watch::Sender<u64>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: ServeConfig) -> Self {
+        let (wake, _) = watch::channel(0);
+        AppState {
+            store,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            reconcile_wake: Arc::new(wake),
+        }
+    }
+
+    /// Tells the reconcilers that intent changed.
+    pub fn wake_reconcilers(&self) {
+        self.reconcile_wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every later [`AppState::wake_reconcilers`].
+    pub fn reconcile_wakeups(&self) -> watch::Receiver<u64> {
+        self.reconcile_wake.subscribe()
+    }
+}

@@ -1,0 +1,99 @@
+//! Mooring's control plane: Amazon MQ's public API over a desired-state store, and the
+//! reconcilers that converge broker nodes to it.
+//!
+//! `http/` parses and answers, `app/` holds the rules, `store/` the SQL, `catalog/` what
+//! brokers can be made of; `plan/` decides (pure), `provider/` runs nodes, `auth/`
+//! verifies requests. [`serve`] wires them together.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod plan;
+pub mod provider;
+pub mod reconcile;
+pub mod store;
+
+use std::future::Future;
+use std::path::Path;
+
+use anyhow::Context as _;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::config::ServeConfig;
+use crate::store::Store;
+
+/// Opens the configured database and applies migrations.
+pub async fn open_store(database: &config::DatabaseConfig) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&database.data_dir)
+        .with_context(|| format!("creating data directory {}", database.data_dir.display()))?;
+    let store = Store::connect(&database.url()).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs the control plane until `shutdown` resolves: the HTTP API (public, agent,
+/// health, metrics) and the background reconcilers.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let store = open_store(&config.database).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    write_listen_file(&config.database.data_dir, &addr.to_string())?;
+    tracing::info!(%addr, "mooring control plane listening");
+
+    let state = AppState::new(store, config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = spawn_background(&state, stop_rx);
+    let app = http::router(state.clone()).merge(extra_routes(&state));
+
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for task in background {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "a background task ended abnormally");
+        }
+    }
+    state.store.close().await;
+    served
+}
+
+/// Starts the reconcilers. Each gets the state (store, config, metrics,
+/// `reconcile_wakeups()`) and a receiver that turns `true` on shutdown, and must
+/// return soon after. The provisioning side spawns its loops here.
+fn spawn_background(_state: &AppState, _stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    Vec::new()
+}
+
+/// Routes served beside the public API: the agent API.
+fn extra_routes(state: &AppState) -> Router {
+    http::agent::router(state.clone())
+}
+
+/// `<data-dir>/listen` holds the bound address, so that tests and scripts started with
+/// port 0 can find it. Written atomically (temp file, then rename).
+fn write_listen_file(data_dir: &Path, addr: &str) -> anyhow::Result<()> {
+    let tmp = data_dir.join("listen.tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, data_dir.join("listen")).context("publishing the listen file")?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! A small Prometheus registry: API latency by route, reconcile counts and durations
+//! (recorded by the reconcilers through [`Metrics::reconcile_finished`]), and brokers
+//! by state (read from the store at scrape time). Rendered in the text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::store::BrokerStateCount;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    /// Per bucket (not cumulative); rendered cumulatively.
+    counts: [u64; BUCKETS_SECONDS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        let s = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS_SECONDS.iter().position(|bound| s <= *bound) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum_seconds += s;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS_SECONDS.iter().zip(self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Keyed by (method, route template, status).
+    api: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    /// Keyed by (reconciler, outcome).
+    reconcile: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one answered API request; `route` is the template (`/v1/brokers/{broker-id}`),
+    /// never the raw path, so ids do not explode the label set.
+    pub fn observe_api(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.api
+            .lock()
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default()
+            .observe(elapsed);
+    }
+
+    /// Records one reconcile pass: `reconciler` names the loop (`provision`, `health`,
+    /// ...), `outcome` is `ok` or `error`.
+    pub fn reconcile_finished(&self, reconciler: &str, outcome: &str, elapsed: Duration) {
+        self.reconcile
+            .lock()
+            .entry((reconciler.to_owned(), outcome.to_owned()))
+            .or_default()
+            .observe(elapsed);
+    }
+
+    pub fn render(&self, brokers: &[BrokerStateCount]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP mooring_api_request_duration_seconds Public API latency by route.\n");
+        out.push_str("# TYPE mooring_api_request_duration_seconds histogram\n");
+        for ((method, route, status), h) in self.api.lock().iter() {
+            let labels = format!(
+                "method=\"{method}\",route=\"{}\",status=\"{status}\"",
+                escape(route)
+            );
+            h.render(&mut out, "mooring_api_request_duration_seconds", &labels);
+        }
+        out.push_str("# HELP mooring_reconcile_duration_seconds Reconcile passes by reconciler and outcome.\n");
+        out.push_str("# TYPE mooring_reconcile_duration_seconds histogram\n");
+        for ((reconciler, outcome), h) in self.reconcile.lock().iter() {
+            let labels = format!(
+                "reconciler=\"{}\",outcome=\"{}\"",
+                escape(reconciler),
+                escape(outcome)
+            );
+            h.render(&mut out, "mooring_reconcile_duration_seconds", &labels);
+        }
+        out.push_str("# HELP mooring_brokers Brokers by state.\n");
+        out.push_str("# TYPE mooring_brokers gauge\n");
+        for b in brokers {
+            let _ = writeln!(out, "mooring_brokers{{state=\"{}\"}} {}", b.state, b.count);
+        }
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BrokerState;
+
+    #[test]
+    fn renders_cumulative_buckets_and_gauges() {
+        let m = Metrics::new();
+        m.observe_api("GET", "/v1/brokers", 200, Duration::from_millis(3));
+        m.observe_api("GET", "/v1/brokers", 200, Duration::from_secs(20));
+        m.reconcile_finished("provision", "ok", Duration::from_millis(1));
+        let text = m.render(&[BrokerStateCount {
+            state: BrokerState::Running,
+            count: 4,
+        }]);
+        let labels = "method=\"GET\",route=\"/v1/brokers\",status=\"200\"";
+        assert!(text.contains(&format!(
+            "mooring_api_request_duration_seconds_bucket{{{labels},le=\"0.0025\"}} 0"
+        )));
+        assert!(text.contains(&format!(
+            "mooring_api_request_duration_seconds_bucket{{{labels},le=\"0.005\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "mooring_api_request_duration_seconds_bucket{{{labels},le=\"10\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "mooring_api_request_duration_seconds_count{{{labels}}} 2"
+        )));
+        assert!(text.contains(
+            "mooring_reconcile_duration_seconds_count{reconciler=\"provision\",outcome=\"ok\"} 1"
+        ));
+        assert!(text.contains("mooring_brokers{state=\"RUNNING\"} 4"));
+    }
+}

@@ -1,0 +1,130 @@
+//! The datastore: desired state in Postgres (production, several replicas) or SQLite
+//! (the embedded default). All SQL lives under this module, one file per table.
+//!
+//! Every query is written once, with `$n` placeholders that both databases accept, and
+//! [`with_pool!`] compiles it for each backend. Database errors become [`StoreError`]
+//! here, once, naming the constraint that fired.
+
+mod brokers;
+mod configurations;
+mod error;
+mod ids;
+mod nodes;
+mod tags;
+mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use brokers::{BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
+pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
+pub use error::{Constraint, StoreError};
+pub use ids::{BrokerId, ConfigurationId};
+pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
+pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
+pub use users::{NewUser, UserRecord, UserUpdate};
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a SQLite writer waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long acquiring a pooled connection may take before the request fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handle on the database; cheap to clone (the pools are reference counted).
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of either backend. The body is
+/// compiled twice, so generic sqlx calls (`query_as::<_, Row>`) work for both.
+#[macro_export]
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`); a SQLite file is created
+    /// when missing. Does not migrate: call [`Store::migrate`].
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).context("parsing the Postgres URL")?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .context("connecting to Postgres")?;
+            Ok(Store::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .context("parsing the SQLite URL")?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                // WAL lets readers proceed while one writer commits.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .context("opening the SQLite database")?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            anyhow::bail!("unsupported database URL {url:?}: use postgres://… or sqlite://…")
+        }
+    }
+
+    /// The default embedded database: `<data_dir>/mooring.db`.
+    pub fn sqlite_url_in(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("mooring.db").display())
+    }
+
+    /// Applies every pending migration; safe to run concurrently from several replicas
+    /// (sqlx takes an advisory lock on Postgres).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+        }
+        .context("applying database migrations")
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await.map_err(StoreError::from)?;
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Lists and text columns holding JSON arrays of strings.
+pub(crate) fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).expect("a list of strings always serializes")
+}
+
+pub(crate) fn parse_json_list(text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("list column: {e}")))
+}
