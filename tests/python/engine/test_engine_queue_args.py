@@ -11,7 +11,8 @@ from engine_helpers import Collector, drain, expect_channel_error, get_one, mess
 
 def test_queue_message_ttl_expires_messages(conn, ch, names):
     queue = names()
-    ch.queue_declare(queue, arguments={"x-message-ttl": 200})
+    ch.queue_declare(queue, arguments={"x-message-ttl": 500})
+    ch.confirm_delivery()  # once confirmed, the message is surely in the queue
     ch.basic_publish("", queue, b"short-lived")
     assert message_count(ch, queue) == 1
     wait_count(ch, queue, 0)
