@@ -27,7 +27,6 @@ pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use error::{Constraint, StoreError};
 pub use ids::{BrokerId, ConfigurationId};
 pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
-pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
 pub use users::{NewUser, UserRecord, UserUpdate};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
