@@ -1,1 +1,10 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: finding the built binaries, running a standalone
+//! `mooring-agent` on a data directory that outlives restarts, and waiting with deadlines.
+
+pub mod agent;
+pub mod bins;
+pub mod wait;
+
+pub use agent::{Agent, Ports};
+pub use bins::binary;
+pub use wait::wait_for;
