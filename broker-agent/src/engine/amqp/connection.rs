@@ -1,0 +1,462 @@
+//! One client connection: a reader loop (this task) plus a writer task. The reader processes
+//! every frame already buffered, then ends the batch: queue logs touched by the batch are
+//! flushed once (group commit) and publisher confirms for the whole batch are sent.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use super::channel::{Channel, ChannelState};
+use super::error::{AmqpError, AmqpResult};
+use super::frame::{self, Frame};
+use super::handshake::{self, HandshakeEnd, Session};
+use super::io::{writer, FrameReader};
+use crate::engine::broker::consumer::ConnLink;
+use crate::engine::broker::queue::Queue;
+use crate::engine::broker::stats::Stats;
+use crate::engine::broker::{Broker, ConnControl, ConnHandle};
+
+/// How long we wait for the peer's close-ok after sending connection.close.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the writer may take to drain after the connection ends.
+const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A confirm to send at the end of the batch.
+pub(super) struct PendingConfirm {
+    pub channel: u16,
+    pub seq: u64,
+    pub ack: bool,
+}
+
+pub(super) struct Connection {
+    pub broker: Arc<Broker>,
+    pub link: Arc<ConnLink>,
+    pub session: Session,
+    pub handle: Arc<ConnHandle>,
+    pub id: u64,
+    /// Indexed by channel number; `None` = not open.
+    pub channels: Vec<Option<Box<Channel>>>,
+    /// Queues whose logs got appends or acks in this batch.
+    pub touched: Vec<Arc<Queue>>,
+    pub confirms: Vec<PendingConfirm>,
+    /// Set once a publish arrives; blocked connections stop being read while an alarm is on.
+    pub has_published: bool,
+    blocked_sent: bool,
+    /// Set when the connection is done (close handshake finished or error sent).
+    pub closing: bool,
+}
+
+/// Why the main loop ended.
+enum End {
+    /// Clean close (client's connection.close answered) or the peer vanished.
+    Done,
+    /// Send connection.close with this error and wait for close-ok.
+    Error(AmqpError),
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let id = broker.next_conn_id();
+    let frame_max = broker.limits.read().frame_max;
+    let link = Arc::new(ConnLink::new(id, frame_max));
+    let writer_task = tokio::spawn(writer(wr, link.clone(), broker.clone()));
+    let mut reader = FrameReader::new(rd, 131_072);
+
+    let session = match handshake::negotiate(&mut reader, &link, &broker, peer).await {
+        Ok(s) => s,
+        Err(end) => {
+            if let HandshakeEnd::Close(err) = end {
+                send_connection_close(&link, &err);
+                // Give the client a moment to read the reason; its close-ok is not needed.
+                let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, wait_close_ok(&mut reader)).await;
+            }
+            link.close();
+            let _ = tokio::time::timeout(WRITER_DRAIN_TIMEOUT, writer_task).await;
+            return;
+        }
+    };
+    link.frame_max.store(session.frame_max, Ordering::Relaxed);
+    link.heartbeat_secs
+        .store(u32::from(session.heartbeat_secs), Ordering::Relaxed);
+
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let handle = Arc::new(ConnHandle {
+        id,
+        user: session.user.name.clone(),
+        vhost: session.vhost.name.to_string(),
+        peer,
+        local,
+        tls,
+        frame_max: session.frame_max,
+        channel_max: session.channel_max,
+        heartbeat_secs: session.heartbeat_secs,
+        connected_at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        password_hash: session.user.password_hash.clone(),
+        link: link.clone(),
+        control: control_tx,
+        channels: std::sync::atomic::AtomicU32::new(0),
+    });
+    broker.conns.lock().insert(id, handle.clone());
+    Stats::add(&broker.stats.connections, 1);
+    tracing::debug!(conn = id, %peer, user = %session.user.name, "connection opened");
+
+    let channel_slots = usize::from(session.channel_max) + 1;
+    let mut conn = Connection {
+        broker: broker.clone(),
+        link: link.clone(),
+        session,
+        handle: handle.clone(),
+        id,
+        channels: (0..channel_slots).map(|_| None).collect(),
+        touched: Vec::new(),
+        confirms: Vec::new(),
+        has_published: false,
+        blocked_sent: false,
+        closing: false,
+    };
+    if conn.broker.alarmed() {
+        conn.on_alarm_change();
+    }
+    let end = conn.run(&mut reader, &mut control_rx, &mut shutdown).await;
+    if let End::Error(err) = &end {
+        tracing::debug!(conn = id, code = err.code, text = %err.text, "closing connection with error");
+        send_connection_close(&link, err);
+        let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, wait_close_ok(&mut reader)).await;
+    }
+    conn.cleanup().await;
+    broker.conns.lock().remove(&id);
+    Stats::add(&broker.stats.connections, -1);
+    link.close();
+    let _ = tokio::time::timeout(WRITER_DRAIN_TIMEOUT, writer_task).await;
+    tracing::debug!(conn = id, "connection closed");
+}
+
+fn send_connection_close(link: &ConnLink, err: &AmqpError) {
+    let m = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: err.code,
+        reply_text: err.text.as_str().into(),
+        class_id: err.class_id,
+        method_id: err.method_id,
+    }));
+    link.send(|out| frame::write_method(out, 0, &m));
+}
+
+/// Discards frames until connection.close-ok (or close) arrives or the stream ends.
+async fn wait_close_ok<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) {
+    // Bounded by the caller's timeout; each iteration consumes input or ends.
+    loop {
+        match reader.next_frame(CLOSE_OK_TIMEOUT).await {
+            Ok(f) if f.kind == frame::FRAME_METHOD && f.channel == 0 => {
+                if let Ok((_, AMQPClass::Connection(m))) = parse_class(&f.payload[..]) {
+                    if matches!(
+                        m,
+                        connection::AMQPMethod::CloseOk(_) | connection::AMQPMethod::Close(_)
+                    ) {
+                        return;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Connection {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        control: &mut mpsc::UnboundedReceiver<ConnControl>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let heartbeat = u64::from(self.session.heartbeat_secs);
+        loop {
+            // Process everything already buffered as one batch.
+            loop {
+                match reader.next_buffered() {
+                    Ok(Some(f)) => {
+                        if let Err(e) = self.handle_frame(f).await {
+                            self.end_batch().await;
+                            return End::Error(e);
+                        }
+                        if self.closing {
+                            self.end_batch().await;
+                            return End::Done;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.end_batch().await;
+                        return End::Error(e);
+                    }
+                }
+            }
+            self.end_batch().await;
+
+            // While an alarm is on, a publishing connection is not read (RabbitMQ's blocking).
+            let paused = self.has_published && self.broker.alarmed();
+            let read = async {
+                if paused {
+                    std::future::pending::<()>().await;
+                }
+                if heartbeat == 0 {
+                    Some(reader.fill().await)
+                } else {
+                    // Two missed heartbeats from the client end the connection.
+                    tokio::time::timeout(Duration::from_secs(heartbeat * 2), reader.fill())
+                        .await
+                        .ok()
+                }
+            };
+            tokio::select! {
+                r = read => match r {
+                    None => {
+                        tracing::info!(conn = self.id, "missed heartbeats from client, closing");
+                        return End::Done;
+                    }
+                    Some(Ok(0)) | Some(Err(_)) => return End::Done,
+                    Some(Ok(_)) => {}
+                },
+                c = control.recv() => match c {
+                    Some(ConnControl::ForceClose(err)) => return End::Error(err),
+                    Some(ConnControl::AlarmChanged) => self.on_alarm_change(),
+                    None => {}
+                },
+                _ = shutdown.changed() => {
+                    return End::Error(AmqpError::connection_forced(
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_alarm_change(&mut self) {
+        let alarmed = self.broker.alarmed();
+        if !self.session.blocked_capable || alarmed == self.blocked_sent {
+            return;
+        }
+        self.blocked_sent = alarmed;
+        let m = if alarmed {
+            let reason = if self.broker.disk_alarm.load(Ordering::Relaxed) {
+                "low on disk space"
+            } else {
+                "low on memory"
+            };
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: reason.into(),
+            }))
+        } else {
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {}))
+        };
+        self.link.send(|out| frame::write_method(out, 0, &m));
+    }
+
+    async fn handle_frame(&mut self, f: Frame) -> AmqpResult<()> {
+        match f.kind {
+            frame::FRAME_HEARTBEAT => {
+                if f.channel != 0 {
+                    return Err(AmqpError::frame_error(format!(
+                        "heartbeat frame on non-zero channel {}",
+                        f.channel
+                    )));
+                }
+                Ok(())
+            }
+            frame::FRAME_METHOD if f.channel == 0 => self.connection_method(&f).await,
+            frame::FRAME_METHOD | frame::FRAME_HEADER | frame::FRAME_BODY => {
+                let id = usize::from(f.channel);
+                if id >= self.channels.len() {
+                    return Err(AmqpError::not_allowed(format!(
+                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        id, self.session.channel_max
+                    )));
+                }
+                let Some(mut ch) = self.channels[id].take() else {
+                    return self.unopened_channel_frame(f);
+                };
+                let r = self.channel_frame(&mut ch, f).await;
+                if ch.state != ChannelState::Closed {
+                    self.channels[id] = Some(ch);
+                }
+                r
+            }
+            other => Err(AmqpError::frame_error(format!(
+                "unknown frame type {other}"
+            ))),
+        }
+    }
+
+    /// A frame on a channel that is not open: only channel.open is acceptable.
+    fn unopened_channel_frame(&mut self, f: Frame) -> AmqpResult<()> {
+        if f.kind == frame::FRAME_METHOD && f.payload.get(..4) == Some(&[0, 20, 0, 10][..]) {
+            let ch = Channel::new(f.channel, self.link.clone());
+            self.channels[usize::from(f.channel)] = Some(Box::new(ch));
+            Stats::add(&self.broker.stats.channels, 1);
+            self.handle.channels.fetch_add(1, Ordering::Relaxed);
+            let m = AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {}));
+            self.link
+                .send(|out| frame::write_method(out, f.channel, &m));
+            return Ok(());
+        }
+        Err(AmqpError::channel_error("expected 'channel.open'"))
+    }
+
+    async fn connection_method(&mut self, f: &Frame) -> AmqpResult<()> {
+        let m = parse_method(&f.payload)?;
+        match m {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                // Flush what the client's last acks recorded before answering.
+                self.end_batch().await;
+                let ok =
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+                self.link.send(|out| frame::write_method(out, 0, &ok));
+                self.closing = true;
+                Ok(())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                self.closing = true;
+                Ok(())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                Err(AmqpError::not_implemented("connection.update-secret"))
+            }
+            other => Err(AmqpError::command_invalid(format!(
+                "unexpected method on channel 0: class {} method {}",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ))
+            .on(other.get_amqp_class_id(), other.get_amqp_method_id())),
+        }
+    }
+
+    /// Flushes the logs the batch touched (one write, or one shared fsync for quorum queues),
+    /// then sends the batch's confirms.
+    pub(super) async fn end_batch(&mut self) {
+        if self.touched.is_empty() && self.confirms.is_empty() {
+            return;
+        }
+        let mut failed = false;
+        let mut waiters = Vec::new();
+        for q in self.touched.drain(..) {
+            match q.flush() {
+                Ok(Some(w)) => waiters.push(w),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(queue = %q.name, error = %e, "flushing queue log failed");
+                    failed = true;
+                }
+            }
+        }
+        for w in waiters {
+            if let Err(e) = w.wait().await {
+                tracing::error!(error = %e, "fsync failed");
+                failed = true;
+            }
+        }
+        if self.confirms.is_empty() {
+            return;
+        }
+        let confirms = std::mem::take(&mut self.confirms);
+        Stats::inc(&self.broker.stats.confirmed, confirms.len() as u64);
+        self.link.send(|out| {
+            // Runs of acks on a channel collapse into one ack with multiple=true: every earlier
+            // tag on that channel has already been confirmed, since confirms go out in order.
+            let mut i = 0;
+            while i < confirms.len() {
+                let c = &confirms[i];
+                let ack = c.ack && !failed;
+                let mut j = i;
+                if ack {
+                    while j + 1 < confirms.len()
+                        && confirms[j + 1].channel == c.channel
+                        && confirms[j + 1].ack
+                        && confirms[j + 1].seq == confirms[j].seq + 1
+                    {
+                        j += 1;
+                    }
+                }
+                frame::write_confirm(out, c.channel, confirms[j].seq, j > i, ack);
+                i = j + 1;
+            }
+        });
+    }
+
+    /// Releases everything the connection held: channels (requeueing their unacked messages),
+    /// consumers, exclusive queues.
+    async fn cleanup(&mut self) {
+        for i in 0..self.channels.len() {
+            if let Some(ch) = self.channels[i].take() {
+                self.close_channel_state(ch);
+            }
+        }
+        self.end_batch().await;
+        self.broker.drop_exclusive_queues(self.id);
+    }
+}
+
+/// Parses a method payload; unknown class/method ids are 540, malformed arguments 502.
+pub(super) fn parse_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
+    match parse_class(payload) {
+        Ok((rest, m)) if rest.is_empty() => Ok(m),
+        Ok(_) => Err(AmqpError::syntax_error(
+            "trailing bytes after method arguments",
+        )),
+        Err(_) => {
+            let class = payload
+                .get(..2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .unwrap_or(0);
+            let method = payload
+                .get(2..4)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .unwrap_or(0);
+            if known_method(class, method) {
+                Err(AmqpError::syntax_error(format!(
+                    "malformed arguments for class {class} method {method}"
+                ))
+                .on(class, method))
+            } else {
+                Err(AmqpError::command_invalid(format!(
+                    "unknown method class {class} method {method}"
+                ))
+                .on(class, method))
+            }
+        }
+    }
+}
+
+fn known_method(class: u16, method: u16) -> bool {
+    let methods: &[u16] = match class {
+        10 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70, 71],
+        20 => &[10, 11, 20, 21, 40, 41],
+        30 => &[10, 11],
+        40 => &[10, 11, 20, 21, 30, 31, 40, 51],
+        50 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51],
+        60 => &[
+            10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+        ],
+        85 => &[10, 11],
+        90 => &[10, 11, 20, 21, 30, 31],
+        _ => &[],
+    };
+    methods.contains(&method)
+}

@@ -1,0 +1,216 @@
+//! A published message, shared (`Arc`) by every queue it was routed to, and its record encoding
+//! in queue logs.
+//!
+//! The content header is kept as the raw bytes the publisher sent, so that properties and
+//! headers reach consumers byte for byte. Only the few properties a feature needs are read
+//! from it, by [`PropsView`], without building amq-protocol's property struct.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+
+/// A message as routed.
+#[derive(Debug)]
+pub struct Message {
+    pub exchange: Arc<str>,
+    pub routing_key: Arc<str>,
+    /// Raw content-header payload: class id, weight, body size, property flags and properties.
+    pub header: Bytes,
+    pub body: Bytes,
+    pub persistent: bool,
+    /// Per-message TTL from the `expiration` property, in milliseconds.
+    pub expiration_ms: Option<u64>,
+    /// The log record, encoded once however many durable queues store the message.
+    record: OnceLock<Bytes>,
+}
+
+const RECORD_VERSION: u8 = 1;
+
+impl Message {
+    pub fn new(exchange: Arc<str>, routing_key: Arc<str>, header: Bytes, body: Bytes) -> Message {
+        let view = PropsView::parse(&header);
+        Message {
+            exchange,
+            routing_key,
+            persistent: view.delivery_mode == Some(2),
+            expiration_ms: view.expiration.as_deref().and_then(parse_expiration),
+            header,
+            body,
+            record: OnceLock::new(),
+        }
+    }
+
+    /// Bytes accounted against memory budgets and `x-max-length-bytes` (the body, as RabbitMQ).
+    pub fn size(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    /// `version u8, exchange short str, routing key short str, header len u32, header, body`.
+    pub fn record(&self) -> &Bytes {
+        self.record.get_or_init(|| {
+            let mut b = BytesMut::with_capacity(
+                8 + self.exchange.len()
+                    + self.routing_key.len()
+                    + self.header.len()
+                    + self.body.len(),
+            );
+            b.extend_from_slice(&[RECORD_VERSION]);
+            put_short(&mut b, &self.exchange);
+            put_short(&mut b, &self.routing_key);
+            b.extend_from_slice(&(self.header.len() as u32).to_be_bytes());
+            b.extend_from_slice(&self.header);
+            b.extend_from_slice(&self.body);
+            b.freeze()
+        })
+    }
+
+    /// Decodes a log record; `None` if it is not one of ours (the caller logs and skips it).
+    pub fn from_record(rec: &[u8]) -> Option<Message> {
+        let (&ver, rest) = rec.split_first()?;
+        if ver != RECORD_VERSION {
+            return None;
+        }
+        let (exchange, rest) = get_short(rest)?;
+        let (routing_key, rest) = get_short(rest)?;
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let header = rest.get(4..4 + len)?;
+        let body = &rest[4 + len..];
+        Some(Message::new(
+            exchange.into(),
+            routing_key.into(),
+            Bytes::copy_from_slice(header),
+            Bytes::copy_from_slice(body),
+        ))
+    }
+
+    /// Same content under a new header (dead-lettering rewrites headers) and routing.
+    pub fn with_header(&self, header: Bytes, exchange: Arc<str>, routing_key: Arc<str>) -> Message {
+        Message::new(exchange, routing_key, header, self.body.clone())
+    }
+}
+
+fn put_short(b: &mut BytesMut, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(255)];
+    b.extend_from_slice(&[s.len() as u8]);
+    b.extend_from_slice(s);
+}
+
+fn get_short(b: &[u8]) -> Option<(&str, &[u8])> {
+    let len = *b.first()? as usize;
+    let s = std::str::from_utf8(b.get(1..1 + len)?).ok()?;
+    Some((s, &b[1 + len..]))
+}
+
+/// RabbitMQ accepts only a non-negative integer string as `expiration`.
+pub fn parse_expiration(s: &str) -> Option<u64> {
+    s.parse::<u64>().ok()
+}
+
+/// The properties a feature may need, read from a raw content-header payload.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PropsView {
+    pub delivery_mode: Option<u8>,
+    pub expiration: Option<String>,
+    /// Byte range of the encoded headers table (after its length prefix) within the header.
+    pub headers: Option<std::ops::Range<usize>>,
+}
+
+impl PropsView {
+    /// Walks the property list up to `expiration`; stops quietly on malformed input (the
+    /// publish was already validated by `validate_header`).
+    pub fn parse(header: &[u8]) -> PropsView {
+        let mut v = PropsView::default();
+        let Some(flags) = header.get(12..14) else {
+            return v;
+        };
+        let flags = u16::from_be_bytes([flags[0], flags[1]]);
+        let mut at = 14usize;
+        let short = |at: &mut usize| -> Option<std::ops::Range<usize>> {
+            let len = *header.get(*at)? as usize;
+            let r = *at + 1..*at + 1 + len;
+            header.get(r.clone())?;
+            *at = r.end;
+            Some(r)
+        };
+        // content-type, content-encoding
+        for bit in [15, 14] {
+            if flags & (1 << bit) != 0 && short(&mut at).is_none() {
+                return v;
+            }
+        }
+        if flags & (1 << 13) != 0 {
+            let Some(len) = header.get(at..at + 4) else {
+                return v;
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let r = at + 4..at + 4 + len;
+            if header.get(r.clone()).is_none() {
+                return v;
+            }
+            at = r.end;
+            v.headers = Some(r);
+        }
+        if flags & (1 << 12) != 0 {
+            let Some(&m) = header.get(at) else { return v };
+            v.delivery_mode = Some(m);
+            at += 1;
+        }
+        if flags & (1 << 11) != 0 {
+            at += 1; // priority
+        }
+        // correlation-id, reply-to
+        for bit in [10, 9] {
+            if flags & (1 << bit) != 0 && short(&mut at).is_none() {
+                return v;
+            }
+        }
+        if flags & (1 << 8) != 0 {
+            if let Some(r) = short(&mut at) {
+                v.expiration = std::str::from_utf8(&header[r]).ok().map(str::to_owned);
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::WriteContext;
+    use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    pub fn header_for(props: &AMQPProperties, body_len: u64) -> Bytes {
+        let mut v = Vec::new();
+        v.extend_from_slice(&60u16.to_be_bytes());
+        v.extend_from_slice(&0u16.to_be_bytes());
+        v.extend_from_slice(&body_len.to_be_bytes());
+        let ctx = gen_properties(props)(WriteContext::from(v)).expect("vec");
+        Bytes::from(ctx.write)
+    }
+
+    #[test]
+    fn reads_mode_expiration_and_headers() {
+        let mut t = FieldTable::default();
+        t.insert("k".into(), AMQPValue::LongString("v".into()));
+        let props = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(t)
+            .with_delivery_mode(2)
+            .with_reply_to("r".into())
+            .with_expiration("1500".into());
+        let h = header_for(&props, 3);
+        let v = PropsView::parse(&h);
+        assert_eq!(v.delivery_mode, Some(2));
+        assert_eq!(v.expiration.as_deref(), Some("1500"));
+        assert!(v.headers.is_some());
+        let m = Message::new("ex".into(), "rk".into(), h, Bytes::from_static(b"abc"));
+        assert!(m.persistent);
+        assert_eq!(m.expiration_ms, Some(1500));
+        let back = Message::from_record(m.record()).expect("decodes");
+        assert_eq!(back.header, m.header);
+        assert_eq!(back.body, m.body);
+        assert_eq!(&*back.routing_key, "rk");
+        assert_eq!(&*back.exchange, "ex");
+    }
+}

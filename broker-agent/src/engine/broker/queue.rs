@@ -1,0 +1,545 @@
+//! A queue: ready messages in order, its consumers, its log (durable queues), and the rules of
+//! its arguments (TTL, max length, overflow). Every operation runs under the queue's own lock,
+//! directly on the caller's task; dead letters are handed back to the caller, which routes them
+//! after releasing the lock (routing may lock other queues).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use parking_lot::Mutex;
+
+use super::args::{Overflow, QueueArgs, QueueType};
+use super::consumer::{ChannelLink, Consumer, Offer};
+use super::message::Message;
+use super::stats::Stats;
+use crate::engine::storage::{Location, QueueLog, SyncWaiter};
+
+/// One message in one queue.
+pub struct Entry {
+    /// Position in the queue; requeued entries go back to their position.
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    /// Where the message lives in the queue's log (persistent messages in durable queues).
+    pub loc: Option<Location>,
+    pub redelivered: bool,
+    /// Absolute expiry time in engine milliseconds (see `Broker::now_ms`).
+    pub expires_at: Option<u64>,
+}
+
+/// Why a message left its queue without being acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+/// Entries that left a queue and may need dead-lettering.
+pub struct Dead {
+    pub entries: Vec<(Entry, DeathReason)>,
+}
+
+impl Dead {
+    pub fn none() -> Dead {
+        Dead {
+            entries: Vec::new(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The outcome of offering a message to a queue.
+pub enum Pushed {
+    Enqueued {
+        dead: Dead,
+    },
+    /// x-overflow=reject-publish and the queue is full.
+    Rejected,
+}
+
+pub struct Queue {
+    pub name: Arc<str>,
+    pub vhost: Arc<str>,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// The id of the connection owning an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub args: QueueArgs,
+    /// Arguments as declared (for equivalence checks and definitions).
+    pub arguments: FieldTable,
+    pub deleted: AtomicBool,
+    stats: Arc<Stats>,
+    state: Mutex<QueueState>,
+}
+
+struct QueueState {
+    ready: VecDeque<Entry>,
+    ready_bytes: u64,
+    unacked: u64,
+    consumers: Vec<Consumer>,
+    next_consumer: usize,
+    next_seq: u64,
+    log: Option<QueueLog>,
+    /// Engine ms of the last use (consume, get, declare) for x-expires.
+    last_used_ms: u64,
+    had_consumers: bool,
+}
+
+/// A snapshot for listings and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueCounts {
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u64,
+    pub ready_bytes: u64,
+}
+
+impl Queue {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vhost: Arc<str>,
+        name: &str,
+        durable: bool,
+        auto_delete: bool,
+        exclusive_owner: Option<u64>,
+        args: QueueArgs,
+        arguments: FieldTable,
+        log: Option<QueueLog>,
+        stats: Arc<Stats>,
+        now_ms: u64,
+    ) -> Queue {
+        Queue {
+            name: name.into(),
+            vhost,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            args,
+            arguments,
+            deleted: AtomicBool::new(false),
+            stats,
+            state: Mutex::new(QueueState {
+                ready: VecDeque::new(),
+                ready_bytes: 0,
+                unacked: 0,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                next_seq: 1,
+                log,
+                last_used_ms: now_ms,
+                had_consumers: false,
+            }),
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub fn is_quorum(&self) -> bool {
+        self.args.queue_type == QueueType::Quorum
+    }
+
+    /// Refills the queue from its log at start-up (each record handed over by `QueueLog::scan`).
+    pub fn recover(&self) -> io::Result<u64> {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let Some(log) = st.log.as_ref() else {
+            return Ok(0);
+        };
+        let mut n = 0u64;
+        let mut bad = 0u64;
+        let mut entries = Vec::new();
+        log.scan(&mut |loc, rec| match Message::from_record(rec) {
+            Some(m) => entries.push((loc, m)),
+            None => bad += 1,
+        })?;
+        if bad > 0 {
+            tracing::warn!(queue = %self.name, bad, "skipped undecodable log records");
+        }
+        for (loc, m) in entries {
+            let size = m.size();
+            st.ready.push_back(Entry {
+                seq: st.next_seq,
+                msg: Arc::new(m),
+                loc: Some(loc),
+                redelivered: false,
+                // TTLs restart from recovery: RabbitMQ keeps no wall-clock expiry either.
+                expires_at: None,
+            });
+            st.next_seq += 1;
+            st.ready_bytes += size;
+            Stats::add(&self.stats.ready, 1);
+            Stats::add(&self.stats.message_bytes, size as i64);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Enqueues a routed message (appending it to the log when it must survive a restart) and
+    /// dispatches.
+    pub fn push(self: &Arc<Self>, msg: &Arc<Message>, now_ms: u64) -> io::Result<Pushed> {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            // Routed just before the queue went away: as if routed nowhere.
+            return Ok(Pushed::Enqueued { dead: Dead::none() });
+        }
+        let size = msg.size();
+        if self.args.overflow == Overflow::RejectPublish {
+            let full_len = self
+                .args
+                .max_length
+                .is_some_and(|m| st.ready.len() as u64 >= m);
+            let full_bytes = self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes + size > m);
+            if full_len || full_bytes {
+                return Ok(Pushed::Rejected);
+            }
+        }
+        let loc = match st.log.as_mut() {
+            Some(log) if msg.persistent => Some(log.append(msg.record())?),
+            _ => None,
+        };
+        let ttl = match (self.args.message_ttl_ms, msg.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(Entry {
+            seq,
+            msg: msg.clone(),
+            loc,
+            redelivered: false,
+            expires_at: ttl.map(|t| now_ms.saturating_add(t)),
+        });
+        st.ready_bytes += size;
+        Stats::add(&self.stats.ready, 1);
+        Stats::add(&self.stats.message_bytes, size as i64);
+        let mut dead = Dead::none();
+        // drop-head: make room by dropping (dead-lettering) the oldest messages.
+        loop {
+            let over_len = self
+                .args
+                .max_length
+                .is_some_and(|m| st.ready.len() as u64 > m);
+            let over_bytes = self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes > m);
+            if !(over_len || over_bytes) {
+                break;
+            }
+            match st.pop_ready(&self.stats) {
+                Some(e) => {
+                    st.forget(&self.stats, &e);
+                    dead.entries.push((e, DeathReason::MaxLen));
+                }
+                None => break,
+            }
+        }
+        st.dispatch(self, now_ms, &mut dead);
+        Ok(Pushed::Enqueued { dead })
+    }
+
+    /// Hands buffered log writes to the kernel; for quorum queues the waiter resolves after
+    /// the fsync (classic queues get an already resolved waiter).
+    pub fn flush(&self) -> io::Result<Option<SyncWaiter>> {
+        let mut st = self.state.lock();
+        match st.log.as_mut() {
+            Some(log) => log.commit().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Delivers what the consumers' credit allows.
+    pub fn dispatch(self: &Arc<Self>, now_ms: u64) -> Dead {
+        let mut dead = Dead::none();
+        let mut st = self.state.lock();
+        if !self.is_deleted() {
+            st.dispatch(self, now_ms, &mut dead);
+        }
+        dead
+    }
+
+    /// Drops expired messages from the head (RabbitMQ expires only at the head too).
+    pub fn expire(self: &Arc<Self>, now_ms: u64) -> Dead {
+        let mut dead = Dead::none();
+        let mut st = self.state.lock();
+        st.expire_head(&self.stats, now_ms, &mut dead);
+        dead
+    }
+
+    /// basic.get: the head message, recorded as unacked on `channel` unless `no_ack`.
+    /// Returns the tag, the entry's message and redelivered flag, and the remaining count.
+    pub fn get(
+        self: &Arc<Self>,
+        channel: &Arc<ChannelLink>,
+        no_ack: bool,
+        now_ms: u64,
+        dead: &mut Dead,
+    ) -> Option<(u64, Arc<Message>, bool, u32)> {
+        let mut st = self.state.lock();
+        st.last_used_ms = now_ms;
+        st.expire_head(&self.stats, now_ms, dead);
+        let mut entry = st.pop_ready(&self.stats)?;
+        let remaining = st.ready.len() as u32;
+        let msg = entry.msg.clone();
+        let redelivered = entry.redelivered;
+        let mut ch = channel.state.lock();
+        let tag = ch.next_tag;
+        ch.next_tag += 1;
+        Stats::inc(&self.stats.delivered, 1);
+        if no_ack {
+            st.forget(&self.stats, &entry);
+        } else {
+            entry.redelivered = true;
+            st.unacked += 1;
+            Stats::add(&self.stats.unacked, 1);
+            ch.unacked.push_back(super::consumer::Unacked {
+                tag,
+                queue: self.clone(),
+                entry,
+                counter: None,
+            });
+        }
+        Some((tag, msg, redelivered, remaining))
+    }
+
+    /// Acks delivered entries: they leave the queue for good.
+    pub fn ack(&self, entries: Vec<Entry>) {
+        let mut st = self.state.lock();
+        let n = entries.len() as u64;
+        st.unacked = st.unacked.saturating_sub(n);
+        Stats::add(&self.stats.unacked, -(n as i64));
+        for e in &entries {
+            st.forget(&self.stats, e);
+        }
+    }
+
+    /// Rejected without requeue: forgotten like an ack, returned for dead-lettering.
+    pub fn reject(&self, entries: Vec<Entry>) -> Dead {
+        self.ack_dead(entries, DeathReason::Rejected)
+    }
+
+    fn ack_dead(&self, entries: Vec<Entry>, reason: DeathReason) -> Dead {
+        let mut st = self.state.lock();
+        let n = entries.len() as u64;
+        st.unacked = st.unacked.saturating_sub(n);
+        Stats::add(&self.stats.unacked, -(n as i64));
+        let mut dead = Dead::none();
+        for e in entries {
+            st.forget(&self.stats, &e);
+            dead.entries.push((e, reason));
+        }
+        dead
+    }
+
+    /// Puts delivered entries back at their original positions and dispatches again.
+    pub fn requeue(self: &Arc<Self>, entries: Vec<Entry>, now_ms: u64) -> Dead {
+        let mut st = self.state.lock();
+        let n = entries.len() as u64;
+        st.unacked = st.unacked.saturating_sub(n);
+        Stats::add(&self.stats.unacked, -(n as i64));
+        let mut dead = Dead::none();
+        if self.is_deleted() {
+            return dead;
+        }
+        for mut e in entries {
+            e.redelivered = true;
+            let size = e.msg.size();
+            let at = st.ready.partition_point(|x| x.seq < e.seq);
+            st.ready.insert(at, e);
+            st.ready_bytes += size;
+            Stats::add(&self.stats.ready, 1);
+            // The message memory was never released while unacked.
+        }
+        st.dispatch(self, now_ms, &mut dead);
+        dead
+    }
+
+    /// Adds a consumer; fails if exclusivity forbids it.
+    pub fn add_consumer(self: &Arc<Self>, c: Consumer, now_ms: u64) -> Result<Dead, Consumer> {
+        let mut st = self.state.lock();
+        if (c.exclusive && !st.consumers.is_empty()) || st.consumers.iter().any(|x| x.exclusive) {
+            return Err(c);
+        }
+        st.consumers.push(c);
+        st.had_consumers = true;
+        st.last_used_ms = now_ms;
+        let mut dead = Dead::none();
+        st.dispatch(self, now_ms, &mut dead);
+        Ok(dead)
+    }
+
+    /// Removes a consumer. Returns true if the queue should now be auto-deleted.
+    pub fn remove_consumer(
+        self: &Arc<Self>,
+        channel: &Arc<ChannelLink>,
+        tag: &str,
+        now_ms: u64,
+    ) -> bool {
+        let mut st = self.state.lock();
+        let before = st.consumers.len();
+        st.consumers
+            .retain(|c| !(Arc::ptr_eq(&c.channel, channel) && &*c.tag == tag));
+        if st.consumers.len() != before {
+            st.last_used_ms = now_ms;
+            // With a single active consumer, the next one may take over now.
+            let mut dead = Dead::none();
+            st.dispatch(self, now_ms, &mut dead);
+            drop(dead);
+        }
+        self.auto_delete && st.had_consumers && st.consumers.is_empty()
+    }
+
+    /// Whether a consumer with this tag on this channel exists.
+    pub fn has_consumer(&self, channel: &Arc<ChannelLink>, tag: &str) -> bool {
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .any(|c| Arc::ptr_eq(&c.channel, channel) && &*c.tag == tag)
+    }
+
+    pub fn touch(&self, now_ms: u64) {
+        self.state.lock().last_used_ms = now_ms;
+    }
+
+    /// Whether x-expires says the queue has been unused for too long.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        let Some(ttl) = self.args.expires_ms else {
+            return false;
+        };
+        let st = self.state.lock();
+        st.consumers.is_empty() && now_ms.saturating_sub(st.last_used_ms) >= ttl
+    }
+
+    /// queue.purge: drops every ready message; returns how many.
+    pub fn purge(&self) -> u64 {
+        let mut st = self.state.lock();
+        let mut n = 0;
+        while let Some(e) = st.pop_ready(&self.stats) {
+            st.forget(&self.stats, &e);
+            n += 1;
+        }
+        n
+    }
+
+    /// Marks the queue deleted and empties it. Returns the ready count and the consumers (to be
+    /// told with basic.cancel) and the log (to be removed by the caller).
+    pub fn delete(&self) -> (u64, Vec<Consumer>, Option<QueueLog>) {
+        let mut st = self.state.lock();
+        self.deleted.store(true, Ordering::Release);
+        let n = st.ready.len() as u64;
+        let bytes = st.ready_bytes;
+        st.ready.clear();
+        st.ready_bytes = 0;
+        Stats::add(&self.stats.ready, -(n as i64));
+        Stats::add(&self.stats.message_bytes, -(bytes as i64));
+        // Unacked entries stay with their channels; acking them later releases their bytes.
+        let consumers = std::mem::take(&mut st.consumers);
+        (n, consumers, st.log.take())
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        let st = self.state.lock();
+        QueueCounts {
+            ready: st.ready.len() as u64,
+            unacked: st.unacked,
+            consumers: st.consumers.len() as u64,
+            ready_bytes: st.ready_bytes,
+        }
+    }
+}
+
+impl QueueState {
+    fn pop_ready(&mut self, stats: &Stats) -> Option<Entry> {
+        let e = self.ready.pop_front()?;
+        self.ready_bytes -= e.msg.size();
+        Stats::add(&stats.ready, -1);
+        Some(e)
+    }
+
+    /// The entry leaves the queue for good: its log record is acked and its memory released.
+    fn forget(&mut self, stats: &Stats, e: &Entry) {
+        Stats::add(&stats.message_bytes, -(e.msg.size() as i64));
+        if let (Some(loc), Some(log)) = (e.loc, self.log.as_mut()) {
+            if let Err(err) = log.ack(loc) {
+                // The message may come back after a restart; that is the at-least-once side.
+                tracing::warn!(error = %err, "recording an ack in the queue log failed");
+            }
+        }
+    }
+
+    fn expire_head(&mut self, stats: &Stats, now_ms: u64, dead: &mut Dead) {
+        while self
+            .ready
+            .front()
+            .is_some_and(|e| e.expires_at.is_some_and(|t| t < now_ms))
+        {
+            if let Some(e) = self.pop_ready(stats) {
+                self.forget(stats, &e);
+                dead.entries.push((e, DeathReason::Expired));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, q: &Arc<Queue>, now_ms: u64, dead: &mut Dead) {
+        self.expire_head(&q.stats, now_ms, dead);
+        if self.consumers.is_empty() || self.ready.is_empty() {
+            return;
+        }
+        // With x-single-active-consumer only the first (oldest) consumer receives.
+        let n = if q.args.single_active_consumer {
+            1
+        } else {
+            self.consumers.len()
+        };
+        let mut refused_in_a_row = 0;
+        while refused_in_a_row < n {
+            self.expire_head(&q.stats, now_ms, dead);
+            let Some(entry) = self.pop_ready(&q.stats) else {
+                break;
+            };
+            let i = self.next_consumer % n;
+            self.next_consumer = (i + 1) % n;
+            match self.consumers[i].offer(q, entry) {
+                Offer::Taken => {
+                    refused_in_a_row = 0;
+                    self.unacked += 1;
+                    Stats::add(&q.stats.unacked, 1);
+                    Stats::inc(&q.stats.delivered, 1);
+                }
+                Offer::TakenNoAck(e) => {
+                    refused_in_a_row = 0;
+                    Stats::inc(&q.stats.delivered, 1);
+                    self.forget(&q.stats, &e);
+                }
+                Offer::Refused(e) => {
+                    refused_in_a_row += 1;
+                    self.ready_bytes += e.msg.size();
+                    Stats::add(&q.stats.ready, 1);
+                    self.ready.push_front(e);
+                }
+            }
+        }
+    }
+}
