@@ -60,7 +60,10 @@ fn client_properties() -> FieldTable {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
     let mut props = FieldTable::default();
-    props.insert("product".into(), AMQPValue::LongString("mooring-loadgen".into()));
+    props.insert(
+        "product".into(),
+        AMQPValue::LongString("mooring-loadgen".into()),
+    );
     props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
     props
 }
@@ -137,8 +140,11 @@ impl Client {
             })),
         )
         .await?;
-        self.call(CHANNEL, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
-            .await?;
+        self.call(
+            CHANNEL,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await?;
         Ok(())
     }
 
@@ -266,7 +272,9 @@ impl Client {
     pub async fn confirm_select(&mut self) -> Result<()> {
         self.call(
             CHANNEL,
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
         )
         .await
         .context("confirm.select")?;

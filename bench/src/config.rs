@@ -20,7 +20,11 @@ const DEFAULT_COUNT_TIMEOUT: Duration = Duration::from_secs(300);
 #[command(name = "mooring-loadgen", version)]
 pub struct Args {
     /// Broker to load: amqp://user:pass@host:port/vhost (vhost percent-encoded, %2f = "/").
-    #[arg(long, env = "LOADGEN_URI", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "LOADGEN_URI",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub uri: String,
     /// Publishing connections (one channel each).
     #[arg(long, short = 'x', default_value_t = 1)]
@@ -87,6 +91,10 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Runtime threads (default: one per core, at most one per connection; 1 = everything
+    /// on one thread, which costs the least CPU when the load is light).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Where and as whom to connect.
@@ -231,10 +239,7 @@ impl Args {
         if cmessages.is_some() && consumers_total == 0 {
             bail!("--cmessages needs at least one consumer");
         }
-        if matches!(stop, Stop::Counts { .. })
-            && self.pmessages.is_none()
-            && self.producers > 0
-        {
+        if matches!(stop, Stop::Counts { .. }) && self.pmessages.is_none() && self.producers > 0 {
             bail!("a count-based run needs --pmessages when producers publish");
         }
         Ok(Plan {
@@ -289,7 +294,10 @@ mod tests {
     #[test]
     fn uri_defaults_and_root_vhost() {
         let t = parse_uri("amqp://localhost").expect("valid");
-        assert_eq!((t.port, t.user.as_str(), t.vhost.as_str()), (5672, "guest", "/"));
+        assert_eq!(
+            (t.port, t.user.as_str(), t.vhost.as_str()),
+            (5672, "guest", "/")
+        );
         let t = parse_uri("amqp://u:p@127.0.0.1:1/%2f").expect("valid");
         assert_eq!(t.vhost, "/");
     }
@@ -302,21 +310,37 @@ mod tests {
 
     #[test]
     fn queue_args_types() {
-        let t = parse_queue_args("x-queue-type=quorum, x-max-length=1000,x-single-active-consumer=true")
-            .expect("valid");
+        let t = parse_queue_args(
+            "x-queue-type=quorum, x-max-length=1000,x-single-active-consumer=true",
+        )
+        .expect("valid");
         let m = t.inner();
-        assert_eq!(m.get("x-queue-type"), Some(&AMQPValue::LongString("quorum".into())));
+        assert_eq!(
+            m.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
         assert_eq!(m.get("x-max-length"), Some(&AMQPValue::LongLongInt(1000)));
-        assert_eq!(m.get("x-single-active-consumer"), Some(&AMQPValue::Boolean(true)));
-        assert!(parse_queue_args("").expect("empty is fine").inner().is_empty());
+        assert_eq!(
+            m.get("x-single-active-consumer"),
+            Some(&AMQPValue::Boolean(true))
+        );
+        assert!(parse_queue_args("")
+            .expect("empty is fine")
+            .inner()
+            .is_empty());
         assert!(parse_queue_args("novalue").is_err());
     }
 
     #[test]
     fn smoke_counts_default_from_pmessages() {
-        let p = args(&["--pmessages", "1000", "--fanout-queues", "3"]).plan().expect("valid");
+        let p = args(&["--pmessages", "1000", "--fanout-queues", "3"])
+            .plan()
+            .expect("valid");
         assert_eq!(p.cmessages, Some(3000));
-        assert_eq!(p.queues, vec!["mooring-bench-0", "mooring-bench-1", "mooring-bench-2"]);
+        assert_eq!(
+            p.queues,
+            vec!["mooring-bench-0", "mooring-bench-1", "mooring-bench-2"]
+        );
         assert_eq!(p.exchange, Some(("mooring-bench-fanout".into(), "fanout")));
         assert!(matches!(p.stop, Stop::Counts { .. }));
     }
@@ -325,11 +349,16 @@ mod tests {
     fn invalid_combinations_are_refused() {
         assert!(args(&[]).plan().is_err(), "no stop condition");
         assert!(args(&["--duration", "1", "--size", "8"]).plan().is_err());
-        assert!(args(&["--duration", "1", "--prefetch", "10", "--multi-ack", "20"])
-            .plan()
-            .is_err());
+        assert!(
+            args(&["--duration", "1", "--prefetch", "10", "--multi-ack", "20"])
+                .plan()
+                .is_err()
+        );
         assert!(args(&["--drain"]).plan().is_err(), "drain with producers");
-        assert!(args(&["--cmessages", "5"]).plan().is_err(), "producers without pmessages");
+        assert!(
+            args(&["--cmessages", "5"]).plan().is_err(),
+            "producers without pmessages"
+        );
         assert!(args(&["--duration", "0"]).plan().is_err());
         assert!(args(&["--duration", "2"]).plan().is_ok());
     }

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use crate::client::{close_error, Client, CHANNEL};
 use crate::publisher::wall_clock_ns;
 use crate::stats::Histogram;
-use crate::wire::{body_timestamp, deliver_tag, encode_method, FrameReader, FRAME_BODY, FRAME_METHOD};
+use crate::wire::{
+    body_timestamp, deliver_tag, encode_method, FrameReader, FRAME_BODY, FRAME_METHOD,
+};
 
 /// How long a read waits before re-checking the stop flag and flushing a partial ack.
 const IDLE: Duration = Duration::from_millis(20);
@@ -48,7 +50,16 @@ pub async fn run(
 ) -> ConsumerResult {
     let (mut read, mut write, mut reader) = client.into_parts();
     let mut result = ConsumerResult::default();
-    let outcome = consume_loop(&mut read, &mut write, &mut reader, &spec, &stop, &total, &mut result).await;
+    let outcome = consume_loop(
+        &mut read,
+        &mut write,
+        &mut reader,
+        &spec,
+        &stop,
+        &total,
+        &mut result,
+    )
+    .await;
     if let Err(e) = outcome {
         result.error = Some(format!("{e:#}"));
     } else {
@@ -153,7 +164,9 @@ async fn consume_loop(
             out.clear();
         }
         if stop.load(Ordering::Relaxed)
-            || spec.target.is_some_and(|t| total.load(Ordering::Relaxed) >= t)
+            || spec
+                .target
+                .is_some_and(|t| total.load(Ordering::Relaxed) >= t)
         {
             return Ok(());
         }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod consumer;
 pub mod cpu;
+pub mod engine;
 pub mod publisher;
 pub mod report;
 pub mod run;

@@ -13,14 +13,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // One worker per core: a producer and a consumer each get a thread without the
-    // overhead of more threads than the machine has.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    let connections = plan.producers + plan.consumers * plan.queues.len();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = args.threads.unwrap_or(cores.min(connections)).max(1);
+    // One thread needs no cross-thread wake-ups; more let a producer and a consumer run
+    // in parallel when the broker is fast.
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mooring-loadgen: starting the runtime: {e}");

@@ -167,7 +167,10 @@ async fn publish_loop(
                 return Ok(());
             }
             if confirms.failed.load(Ordering::Acquire) {
-                bail!("connection lost with {} messages unconfirmed", seq - confirms.confirmed.load(Ordering::Acquire));
+                bail!(
+                    "connection lost with {} messages unconfirmed",
+                    seq - confirms.confirmed.load(Ordering::Acquire)
+                );
             }
             let _ = tokio::time::timeout(POLL, confirms.changed.notified()).await;
         }
@@ -211,7 +214,10 @@ async fn confirm_loop(
                 AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Blocked(
                     b,
                 )) => {
-                    eprintln!("mooring-loadgen: broker blocked the publisher: {}", b.reason);
+                    eprintln!(
+                        "mooring-loadgen: broker blocked the publisher: {}",
+                        b.reason
+                    );
                 }
                 method => {
                     if let Some(err) = close_error(&method) {
@@ -221,7 +227,9 @@ async fn confirm_loop(
             }
         }
         if changed {
-            confirms.confirmed.store(tracker.confirmed(), Ordering::Release);
+            confirms
+                .confirmed
+                .store(tracker.confirmed(), Ordering::Release);
             confirms.changed.notify_one();
         }
         if !reader.fill(read).await? {

@@ -54,7 +54,11 @@ impl Report {
         self.latency_p50_us = latency.percentile(0.50).map(us);
         self.latency_p99_us = latency.percentile(0.99).map(us);
         self.cpu_s = cpu.as_secs_f64();
-        let moved = if self.consumed > 0 { self.consumed } else { self.published };
+        let moved = if self.consumed > 0 {
+            self.consumed
+        } else {
+            self.published
+        };
         self.cpu_us_per_msg = (moved > 0).then(|| cpu.as_secs_f64() * 1e6 / moved as f64);
     }
 
@@ -108,8 +112,8 @@ mod tests {
         assert_eq!(r.consume_rate, 1000.0);
         assert_eq!(r.cpu_us_per_msg, Some(10.0));
         assert_eq!(r.latency_p50_us, Some(2.0));
-        let back: Report = serde_json::from_str(&serde_json::to_string(&r).expect("serializes"))
-            .expect("parses");
+        let back: Report =
+            serde_json::from_str(&serde_json::to_string(&r).expect("serializes")).expect("parses");
         assert_eq!(back.consumed, 500);
     }
 }

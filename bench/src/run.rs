@@ -37,7 +37,11 @@ async fn declare(setup: &mut Client, plan: &Plan) -> Result<u64> {
     }
     let mut backlog = 0u64;
     for q in &plan.queues {
-        backlog += u64::from(setup.declare_queue(q, plan.durable, &plan.queue_args).await?);
+        backlog += u64::from(
+            setup
+                .declare_queue(q, plan.durable, &plan.queue_args)
+                .await?,
+        );
         if let Some((name, _)) = &plan.exchange {
             setup.bind_queue(q, name, q).await?;
         }
@@ -72,7 +76,9 @@ pub async fn run(plan: Plan) -> Result<Report> {
     let mut consumers = Vec::new();
     for q in &plan.queues {
         for _ in 0..plan.consumers {
-            let mut c = Client::connect(&plan.target).await.context("consumer connection")?;
+            let mut c = Client::connect(&plan.target)
+                .await
+                .context("consumer connection")?;
             if plan.prefetch > 0 && !plan.autoack {
                 c.qos(plan.prefetch).await?;
             }
@@ -86,7 +92,9 @@ pub async fn run(plan: Plan) -> Result<Report> {
     };
     let mut producers = Vec::new();
     for _ in 0..plan.producers {
-        let mut c = Client::connect(&plan.target).await.context("producer connection")?;
+        let mut c = Client::connect(&plan.target)
+            .await
+            .context("producer connection")?;
         if plan.confirm > 0 {
             c.confirm_select().await?;
         }

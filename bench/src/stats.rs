@@ -148,7 +148,10 @@ mod tests {
             let high = bucket_high(b);
             assert!(high >= v, "bucket {b} top {high} below its value {v}");
             // relative error bound of the log-linear layout
-            assert!(high - v <= v / 16 + 1, "bucket {b} too wide for {v}: top {high}");
+            assert!(
+                high - v <= v / 16 + 1,
+                "bucket {b} too wide for {v}: top {high}"
+            );
         }
         assert!(bucket_of(u64::MAX) < BUCKETS);
     }

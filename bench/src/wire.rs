@@ -255,7 +255,11 @@ mod tests {
         assert_eq!(f.iter().skip(2).map(|x| x.2.len()).sum::<usize>(), 100);
         assert_eq!(body_timestamp(&f[2].2), Some(0x0102030405060708));
         assert_eq!(&f[2].2[8..16], &42u64.to_be_bytes());
-        let m = Frame { kind: 1, channel: 3, payload: &f[0].2 };
+        let m = Frame {
+            kind: 1,
+            channel: 3,
+            payload: &f[0].2,
+        };
         match m.method().expect("decodes") {
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
                 assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("ex", "rk"))
