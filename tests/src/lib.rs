@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod queue_files;
 pub mod wait;
 
 pub use agent::{Agent, Ports};
