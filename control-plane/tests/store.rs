@@ -1,0 +1,627 @@
+//! The store on both backends: SQLite always, Postgres when reachable (always under CI).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{SubsecRound as _, Utc};
+use mooring_control_plane::model::{
+    AuthenticationStrategy, BrokerState, ChangeType, DayOfWeek, DeploymentMode, EngineType,
+    StorageType,
+};
+use mooring_control_plane::store::{
+    BrokerId, ConfigurationId, Constraint, NewBroker, NewConfiguration, NewUser, Store, StoreError,
+    UserUpdate,
+};
+
+fn new_broker(name: &str, token: Option<&str>) -> NewBroker {
+    let id = BrokerId::generate();
+    NewBroker {
+        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
+        id,
+        name: name.to_owned(),
+        engine_type: EngineType::Rabbitmq,
+        engine_version: "3.13".to_owned(),
+        host_instance_type: "mq.m5.large".to_owned(),
+        deployment_mode: DeploymentMode::SingleInstance,
+        authentication_strategy: AuthenticationStrategy::Simple,
+        storage_type: StorageType::Ebs,
+        publicly_accessible: false,
+        auto_minor_version_upgrade: true,
+        maintenance_day: DayOfWeek::Sunday,
+        maintenance_time: "00:00".to_owned(),
+        maintenance_time_zone: "UTC".to_owned(),
+        logs_general: false,
+        logs_audit: false,
+        security_groups: vec![],
+        subnet_ids: vec![],
+        configuration: None,
+        creator_request_id: token.map(str::to_owned),
+        tags: vec![("env".to_owned(), "test".to_owned())],
+        now: Utc::now().trunc_subsecs(3),
+    }
+}
+
+fn user(name: &str) -> NewUser {
+    NewUser {
+        username: name.to_owned(),
+        password_hash: "hash".to_owned(),
+        console_access: false,
+        groups: vec![],
+        replication_user: false,
+    }
+}
+
+#[tokio::test]
+async fn brokers_insert_read_list_and_unique_names() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = s
+            .broker_insert(new_broker("one", Some("tok-1")), vec![user("admin")])
+            .await
+            .expect("insert");
+        assert_eq!(
+            (b.state, b.generation, b.version),
+            (BrokerState::CreationInProgress, 1, 1),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            s.broker_get(&b.id).await.expect("get"),
+            b,
+            "{}: read back equals inserted",
+            t.backend
+        );
+        assert_eq!(
+            s.broker_get_by_name("one")
+                .await
+                .expect("by name")
+                .map(|x| x.id),
+            Some(b.id.clone())
+        );
+        assert_eq!(
+            s.broker_get_by_creator_request_id("tok-1")
+                .await
+                .expect("by token")
+                .map(|x| x.id),
+            Some(b.id.clone())
+        );
+        assert_eq!(
+            s.tag_list(&b.arn)
+                .await
+                .expect("tags")
+                .get("env")
+                .map(String::as_str),
+            Some("test")
+        );
+
+        let dup = s.broker_insert(new_broker("one", None), vec![]).await;
+        assert!(
+            matches!(dup, Err(StoreError::Constraint(Constraint::BrokerName))),
+            "{}: {dup:?}",
+            t.backend
+        );
+        let dup_token = s
+            .broker_insert(new_broker("two", Some("tok-1")), vec![])
+            .await;
+        assert!(
+            matches!(
+                dup_token,
+                Err(StoreError::Constraint(Constraint::BrokerCreatorRequestId))
+            ),
+            "{}: {dup_token:?}",
+            t.backend
+        );
+        // A failed insert leaves nothing behind (users and tags are in its transaction).
+        assert!(s
+            .broker_get_by_name("two")
+            .await
+            .expect("by name")
+            .is_none());
+
+        for i in 0..7 {
+            s.broker_insert(new_broker(&format!("b{i}"), None), vec![])
+                .await
+                .expect("insert");
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10 {
+            let page = s.broker_list(after.as_deref(), 3).await.expect("list");
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|b| b.id.to_string());
+            seen.extend(page.into_iter().map(|b| b.name));
+        }
+        seen.sort();
+        assert_eq!(
+            seen.len(),
+            8,
+            "{}: every broker exactly once: {seen:?}",
+            t.backend
+        );
+        seen.dedup();
+        assert_eq!(seen.len(), 8);
+
+        assert_eq!(
+            s.broker_get(&BrokerId::generate())
+                .await
+                .err()
+                .map(|e| e.to_string()),
+            Some("broker not found".into())
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn optimistic_updates_detect_lost_races_and_generations_only_grow() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = s
+            .broker_insert(new_broker("race", None), vec![])
+            .await
+            .expect("insert");
+        let (first, second) = (b.clone(), b.clone());
+
+        let mut spec = first.spec();
+        spec.pending_engine_version = Some("3.14".to_owned());
+        let won = s
+            .broker_update_spec(&first, &spec, false)
+            .await
+            .expect("first writer wins");
+        assert_eq!(
+            (won.version, won.generation),
+            (2, 1),
+            "{}: no bump unless asked",
+            t.backend
+        );
+
+        let mut spec = second.spec();
+        spec.pending_host_instance_type = Some("mq.m5.xlarge".to_owned());
+        let lost = s.broker_update_spec(&second, &spec, true).await;
+        assert!(
+            matches!(lost, Err(StoreError::VersionConflict)),
+            "{}: {lost:?}",
+            t.backend
+        );
+        let now = s.broker_get(&b.id).await.expect("get");
+        assert_eq!(
+            now.pending_engine_version.as_deref(),
+            Some("3.14"),
+            "{}: the winner's change stands",
+            t.backend
+        );
+        assert_eq!(
+            now.pending_host_instance_type, None,
+            "{}: the loser wrote nothing",
+            t.backend
+        );
+
+        let mut spec = now.spec();
+        spec.state = BrokerState::RebootInProgress;
+        spec.request_reboot = true;
+        let rebooted = s
+            .broker_update_spec(&now, &spec, true)
+            .await
+            .expect("reboot");
+        assert_eq!(
+            (rebooted.generation, rebooted.reboot_generation),
+            (2, Some(2)),
+            "{}",
+            t.backend
+        );
+
+        // A reconciler's state change moves the version, so a stale API snapshot loses.
+        assert!(s
+            .broker_set_state(
+                &b.id,
+                &[BrokerState::RebootInProgress],
+                BrokerState::Running
+            )
+            .await
+            .expect("set"));
+        assert!(!s
+            .broker_set_state(
+                &b.id,
+                &[BrokerState::RebootInProgress],
+                BrokerState::Running
+            )
+            .await
+            .expect("set"));
+        let stale = s
+            .broker_update_spec(&rebooted, &rebooted.spec(), false)
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::VersionConflict)),
+            "{}: {stale:?}",
+            t.backend
+        );
+
+        let gone = BrokerId::generate();
+        let mut ghost = rebooted.clone();
+        ghost.id = gone;
+        assert!(matches!(
+            s.broker_update_spec(&ghost, &ghost.spec(), false).await,
+            Err(StoreError::NotFound(_))
+        ));
+        t.finish().await;
+    }
+}
+
+/// Many writers append to one broker at once, each re-reading and retrying when it
+/// loses (as the app layer does): conflicts happen, and no write is lost.
+#[tokio::test]
+async fn racing_read_modify_writes_are_detected_not_lost() {
+    const WRITERS: usize = 8;
+    for t in common::stores().await {
+        let b = t
+            .store
+            .broker_insert(new_broker("contended", None), vec![])
+            .await
+            .expect("insert");
+        let mut tasks = Vec::new();
+        for i in 0..WRITERS {
+            let store: Store = t.store.clone();
+            let id = b.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut conflicts = 0;
+                for _ in 0..200 {
+                    let current = store.broker_get(&id).await.expect("get");
+                    let mut spec = current.spec();
+                    spec.security_groups.push(format!("sg-{i}"));
+                    match store.broker_update_spec(&current, &spec, true).await {
+                        Ok(_) => return conflicts,
+                        Err(StoreError::VersionConflict) => conflicts += 1,
+                        Err(e) => panic!("unexpected store error: {e:#}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                panic!("writer {i} never won within 200 attempts");
+            }));
+        }
+        let mut conflicts = 0;
+        for task in tasks {
+            conflicts += task.await.expect("writer finished");
+        }
+        let end = t.store.broker_get(&b.id).await.expect("get");
+        let mut groups = end.security_groups.clone();
+        groups.sort();
+        let expected: Vec<String> = (0..WRITERS).map(|i| format!("sg-{i}")).collect();
+        assert_eq!(
+            groups, expected,
+            "{}: every writer's change is present",
+            t.backend
+        );
+        assert_eq!(
+            end.generation,
+            1 + WRITERS as i64,
+            "{}: one bump per successful write",
+            t.backend
+        );
+        assert_eq!(end.version, 1 + WRITERS as i64, "{}", t.backend);
+        eprintln!("{}: {conflicts} conflicts detected and retried", t.backend);
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn user_changes_stay_pending_until_their_generation_is_applied() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = s
+            .broker_insert(new_broker("users", None), vec![user("admin")])
+            .await
+            .expect("insert");
+        let admin = s.user_get(&b.id, "admin").await.expect("admin");
+        assert_eq!(
+            (admin.pending_change, admin.pending_generation),
+            (Some(ChangeType::Create), 1)
+        );
+
+        let g2 = s.user_create(&b.id, &user("app")).await.expect("create");
+        assert_eq!(g2, 2, "{}: a user change bumps the generation", t.backend);
+        let dup = s.user_create(&b.id, &user("app")).await;
+        assert!(
+            matches!(dup, Err(StoreError::Constraint(Constraint::BrokerUser))),
+            "{}: {dup:?}",
+            t.backend
+        );
+        assert_eq!(
+            s.broker_get(&b.id).await.expect("get").generation,
+            2,
+            "{}: a failed change bumps nothing",
+            t.backend
+        );
+
+        s.user_mark_applied(&b.id, 1).await.expect("applied 1");
+        assert_eq!(
+            s.user_get(&b.id, "admin")
+                .await
+                .expect("admin")
+                .pending_change,
+            None
+        );
+        assert_eq!(
+            s.user_get(&b.id, "app").await.expect("app").pending_change,
+            Some(ChangeType::Create)
+        );
+
+        let g3 = s
+            .user_update(
+                &b.id,
+                "app",
+                &UserUpdate {
+                    console_access: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("update");
+        let app = s.user_get(&b.id, "app").await.expect("app");
+        assert_eq!(
+            (app.pending_change, app.console_access, g3),
+            (Some(ChangeType::Create), true, 3),
+            "{}",
+            t.backend
+        );
+        let g4 = s
+            .user_update(
+                &b.id,
+                "admin",
+                &UserUpdate {
+                    password_hash: Some("h2".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("update admin");
+        let admin = s.user_get(&b.id, "admin").await.expect("admin");
+        assert_eq!(
+            (admin.pending_change, admin.password_hash.as_str()),
+            (Some(ChangeType::Update), "h2")
+        );
+
+        let g5 = s.user_delete(&b.id, "app").await.expect("delete");
+        assert_eq!(
+            s.user_get(&b.id, "app")
+                .await
+                .expect("still listed")
+                .pending_change,
+            Some(ChangeType::Delete)
+        );
+        assert!(matches!(
+            s.user_delete(&b.id, "app").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.user_update(&b.id, "app", &UserUpdate::default()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let desired: Vec<String> = s
+            .user_list_desired(&b.id)
+            .await
+            .expect("desired")
+            .into_iter()
+            .map(|u| u.username)
+            .collect();
+        assert_eq!(desired, vec!["admin"], "{}", t.backend);
+
+        // Applying an older generation leaves later changes pending.
+        s.user_mark_applied(&b.id, g4).await.expect("applied g4");
+        assert!(
+            s.user_get(&b.id, "app").await.is_ok(),
+            "{}: deletion at g5 not yet applied",
+            t.backend
+        );
+        assert_eq!(
+            s.user_get(&b.id, "admin")
+                .await
+                .expect("admin")
+                .pending_change,
+            None
+        );
+        s.user_mark_applied(&b.id, g5).await.expect("applied g5");
+        assert!(
+            matches!(s.user_get(&b.id, "app").await, Err(StoreError::NotFound(_))),
+            "{}",
+            t.backend
+        );
+
+        // A user pending deletion can be created again.
+        s.user_create(&b.id, &user("admin2")).await.expect("create");
+        s.user_delete(&b.id, "admin2").await.expect("delete");
+        s.user_create(&b.id, &user("admin2")).await.expect("revive");
+        assert_eq!(
+            s.user_get(&b.id, "admin2")
+                .await
+                .expect("revived")
+                .pending_change,
+            Some(ChangeType::Create)
+        );
+
+        let page = s.user_list(&b.id, Some("admin"), 10).await.expect("list");
+        assert_eq!(
+            page.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
+            vec!["admin2"]
+        );
+
+        // Nothing changes on a broker being deleted.
+        assert!(s
+            .broker_set_state(
+                &b.id,
+                &[BrokerState::CreationInProgress],
+                BrokerState::DeletionInProgress
+            )
+            .await
+            .expect("set"));
+        assert!(matches!(
+            s.user_create(&b.id, &user("late")).await,
+            Err(StoreError::NotFound("broker"))
+        ));
+        s.broker_remove(&b.id).await.expect("remove");
+        s.broker_remove(&b.id)
+            .await
+            .expect("removing twice is fine");
+        assert!(
+            s.user_list(&b.id, None, 10).await.expect("list").is_empty(),
+            "{}: users go with the broker",
+            t.backend
+        );
+        assert!(
+            s.tag_list(&b.arn).await.expect("tags").is_empty(),
+            "{}: tags go with the broker",
+            t.backend
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn configurations_revisions_and_deletion_rules() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let id = ConfigurationId::generate();
+        let c = s
+            .configuration_insert(NewConfiguration {
+                arn: format!("arn:aws:mq:us-east-1:000000000000:configuration:{id}"),
+                id: id.clone(),
+                name: "cfg".into(),
+                engine_type: EngineType::Rabbitmq,
+                engine_version: "3.13".into(),
+                authentication_strategy: AuthenticationStrategy::Simple,
+                data: "ZGF0YQ==".into(),
+                description: Some("first".into()),
+                tags: vec![("k".into(), "v".into())],
+                now: Utc::now().trunc_subsecs(3),
+            })
+            .await
+            .expect("insert");
+        assert_eq!(
+            (c.latest_revision, c.description.as_deref()),
+            (1, Some("first"))
+        );
+        let c2 = s
+            .configuration_add_revision(&id, "bmV3", Some("second"))
+            .await
+            .expect("revise");
+        let c3 = s
+            .configuration_add_revision(&id, "bmV3ZXI=", None)
+            .await
+            .expect("revise");
+        assert_eq!(
+            (c2.latest_revision, c3.latest_revision),
+            (2, 3),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            s.configuration_revision_get(&id, 2)
+                .await
+                .expect("rev 2")
+                .data,
+            "bmV3"
+        );
+        let revs = s
+            .configuration_revision_list(&id, 1, 10)
+            .await
+            .expect("revisions");
+        assert_eq!(
+            revs.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert!(matches!(
+            s.configuration_revision_get(&id, 9).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let mut nb = new_broker("uses-config", None);
+        nb.configuration = Some((id.clone(), 2));
+        let b = s.broker_insert(nb, vec![]).await.expect("broker");
+        assert!(s.broker_uses_configuration(&id).await.expect("uses"));
+        let refused = s.configuration_delete(&id).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Constraint(Constraint::ConfigurationInUse))
+            ),
+            "{}: {refused:?}",
+            t.backend
+        );
+        s.broker_remove(&b.id).await.expect("remove broker");
+        s.configuration_delete(&id)
+            .await
+            .expect("delete once unused");
+        assert!(matches!(
+            s.configuration_get(&id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(
+            s.tag_list(&c.arn).await.expect("tags").is_empty(),
+            "{}: tags go with it",
+            t.backend
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn tags_and_state_counts() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let arn = "arn:aws:mq:us-east-1:000000000000:broker:x:b-1";
+        let mut tags = BTreeMap::new();
+        tags.insert("a".to_owned(), "1".to_owned());
+        tags.insert("b".to_owned(), "2".to_owned());
+        s.tag_put(arn, &tags).await.expect("put");
+        tags.insert("a".to_owned(), "one".to_owned());
+        s.tag_put(arn, &tags).await.expect("overwrite");
+        s.tag_delete(arn, &["b".to_owned(), "missing".to_owned()])
+            .await
+            .expect("delete");
+        let got = s.tag_list(arn).await.expect("list");
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![("a".to_owned(), "one".to_owned())],
+            "{}",
+            t.backend
+        );
+
+        for name in ["s1", "s2", "s3"] {
+            s.broker_insert(new_broker(name, None), vec![])
+                .await
+                .expect("insert");
+        }
+        let b = s
+            .broker_get_by_name("s1")
+            .await
+            .expect("get")
+            .expect("exists");
+        s.broker_set_state(
+            &b.id,
+            &[BrokerState::CreationInProgress],
+            BrokerState::Running,
+        )
+        .await
+        .expect("set");
+        let counts: Vec<(BrokerState, i64)> = s
+            .broker_count_by_state()
+            .await
+            .expect("counts")
+            .into_iter()
+            .map(|c| (c.state, c.count))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (BrokerState::CreationInProgress, 2),
+                (BrokerState::Running, 1)
+            ],
+            "{}",
+            t.backend
+        );
+        s.ping().await.expect("ping");
+        t.finish().await;
+    }
+}
