@@ -186,7 +186,7 @@ fn mutations(req: &Req, presigned: bool) -> Vec<(&'static str, Req, Option<Strin
     };
     out.push(("method", m, None));
     let mut m = req.clone();
-    m.path.push_str("x");
+    m.path.push('x');
     out.push(("path", m, None));
     let mut m = req.clone();
     m.query = if m.query.is_empty() {

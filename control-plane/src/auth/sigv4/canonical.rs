@@ -144,7 +144,7 @@ pub fn canonical_query(raw_query: &str, skip: Option<&str>) -> String {
 /// Appends `value` trimmed, with every run of whitespace (including the line
 /// breaks of obsolete folded headers) collapsed to one space.
 fn push_trimmed_value(out: &mut String, value: &str) {
-    let mut words = value.split(|c: char| matches!(c, ' ' | '\t' | '\r' | '\n'));
+    let mut words = value.split([' ', '\t', '\r', '\n']);
     let mut first = true;
     for word in words.by_ref() {
         if word.is_empty() {

@@ -54,7 +54,7 @@ fn check_scope(signed: &SignedRequest, cfg: &VerifyConfig) -> Result<(), AuthErr
             "Credential should be scoped to a valid region.".into(),
         ));
     }
-    if !cfg.services.iter().any(|s| *s == scope.service) {
+    if !cfg.services.contains(&scope.service) {
         let expected = cfg.services.first().map(String::as_str).unwrap_or("");
         return Err(AuthError::BadScope(format!(
             "Credential should be scoped to correct service: '{expected}'."
