@@ -6,8 +6,6 @@ use crate::model::BrokerState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerFacts {
     pub state: BrokerState,
-    /// UpdateBroker recorded an engine version, instance type or configuration to apply.
-    pub has_pending: bool,
     /// Every node the broker should have exists and is ready.
     pub nodes_ready: bool,
     /// Node rows still recorded for the broker.
@@ -16,8 +14,6 @@ pub struct BrokerFacts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerStep {
-    /// Move pending changes into the spec (bumping the generation) before restarting nodes.
-    ApplyPending,
     /// Declare the broker RUNNING.
     SetRunning,
     /// Every node is gone: remove the broker itself.
@@ -27,7 +23,6 @@ pub enum BrokerStep {
 
 pub fn broker_step(f: &BrokerFacts) -> BrokerStep {
     match f.state {
-        BrokerState::RebootInProgress if f.has_pending => BrokerStep::ApplyPending,
         BrokerState::CreationInProgress | BrokerState::RebootInProgress if f.nodes_ready => {
             BrokerStep::SetRunning
         }
@@ -56,64 +51,49 @@ mod tests {
 
     #[test]
     fn broker_steps() {
-        let f = |state, has_pending, nodes_ready, nodes_recorded| BrokerFacts {
+        let f = |state, nodes_ready, nodes_recorded| BrokerFacts {
             state,
-            has_pending,
             nodes_ready,
             nodes_recorded,
         };
         let cases = [
             (
                 "creating, nodes starting",
-                f(CreationInProgress, false, false, 1),
+                f(CreationInProgress, false, 1),
                 BrokerStep::Nothing,
             ),
             (
                 "creating, nodes ready",
-                f(CreationInProgress, false, true, 1),
+                f(CreationInProgress, true, 1),
                 BrokerStep::SetRunning,
             ),
-            ("running", f(Running, false, true, 1), BrokerStep::Nothing),
-            (
-                "running with pending changes waits for a reboot",
-                f(Running, true, true, 1),
-                BrokerStep::Nothing,
-            ),
+            ("running", f(Running, true, 1), BrokerStep::Nothing),
             (
                 "running, node down: stays running",
-                f(Running, false, false, 1),
+                f(Running, false, 1),
                 BrokerStep::Nothing,
-            ),
-            (
-                "reboot with pending",
-                f(RebootInProgress, true, true, 1),
-                BrokerStep::ApplyPending,
             ),
             (
                 "reboot, restarting",
-                f(RebootInProgress, false, false, 1),
+                f(RebootInProgress, false, 1),
                 BrokerStep::Nothing,
             ),
             (
                 "reboot done",
-                f(RebootInProgress, false, true, 1),
+                f(RebootInProgress, true, 1),
                 BrokerStep::SetRunning,
             ),
             (
                 "deleting, nodes left",
-                f(DeletionInProgress, false, false, 1),
+                f(DeletionInProgress, false, 1),
                 BrokerStep::Nothing,
             ),
             (
                 "deleting, nodes gone",
-                f(DeletionInProgress, false, false, 0),
+                f(DeletionInProgress, false, 0),
                 BrokerStep::Remove,
             ),
-            (
-                "failed",
-                f(CreationFailed, false, true, 1),
-                BrokerStep::Nothing,
-            ),
+            ("failed", f(CreationFailed, true, 1), BrokerStep::Nothing),
         ];
         for (name, facts, want) in cases {
             assert_eq!(broker_step(&facts), want, "{name}");

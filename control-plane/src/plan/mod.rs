@@ -2,8 +2,10 @@
 //!
 //! - [`nodes`]: which nodes a broker should have, and what to do next for each one given what
 //!   the provider and the agent report.
-//! - [`broker`]: what to do next for a broker as a whole (apply pending changes, declare it
-//!   RUNNING, remove it) once its nodes are known.
+//! - [`config`]: the configuration a broker's nodes must hold at a generation.
+//! - [`broker`]: what to do next for a broker as a whole (declare it RUNNING,
+//!   remove it) once its nodes are known.
 
 pub mod broker;
+pub mod config;
 pub mod nodes;

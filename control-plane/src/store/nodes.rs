@@ -108,6 +108,11 @@ pub struct NodeAuth {
     pub token_hash: Option<String>,
     /// The broker's current generation: the one the node should hold.
     pub desired_generation: i64,
+    /// What the node last reported, so the agent API can tell when something changed that
+    /// a reconciler must look at.
+    pub applied_generation: i64,
+    pub engine_ready: bool,
+    pub registered: bool,
 }
 
 const COLUMNS: &str = "id, broker_id, ordinal, zone, host, amqp_port, admin_port, token_hash, \
@@ -348,21 +353,32 @@ impl Store {
 
     /// For the agent API: the node's token hash and the generation it should hold.
     pub async fn node_auth(&self, id: &NodeId) -> Result<NodeAuth, StoreError> {
-        let row: Option<(String, Option<String>, i64)> = with_pool!(self, pool => {
+        type Row = (String, Option<String>, i64, i64, bool, bool);
+        let row: Option<Row> = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT n.broker_id, n.token_hash, b.generation FROM broker_nodes n \
+                "SELECT n.broker_id, n.token_hash, b.generation, n.applied_generation, \
+                 n.engine_ready, n.registered_at IS NOT NULL FROM broker_nodes n \
                  JOIN brokers b ON b.id = n.broker_id WHERE n.id = $1",
             )
             .bind(&id.0)
             .fetch_optional(pool)
             .await?
         });
-        let (broker_id, token_hash, desired_generation) =
-            row.ok_or(StoreError::NotFound("node"))?;
+        let (
+            broker_id,
+            token_hash,
+            desired_generation,
+            applied_generation,
+            engine_ready,
+            registered,
+        ) = row.ok_or(StoreError::NotFound("node"))?;
         Ok(NodeAuth {
             broker_id: BrokerId::from_db(broker_id),
             token_hash,
             desired_generation,
+            applied_generation,
+            engine_ready,
+            registered,
         })
     }
 

@@ -1,0 +1,232 @@
+//! The agent API (`/agent/v1/nodes/{node}/...`, see `mooring_agent_protocol`): broker agents
+//! register, heartbeat, fetch their desired configuration and report what they applied.
+//!
+//! Each request carries the node's token as `Authorization: Bearer`; the SHA-256 of it must
+//! equal the hash recorded at the node's latest start (compared in constant time), so an
+//! agent reaches only its own node's routes, and an agent from before a restart (old token)
+//! none. Handlers record what agents say and wake the reconcilers when it matters (a node
+//! became ready, a generation was applied); reconcilers draw the conclusions.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use mooring_agent_protocol::{
+    ApplyReport, DesiredConfig, DesiredPointer, Generation, Heartbeat, NodeId, RegisterRequest,
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::catalog;
+use crate::plan::config::desired_config;
+use crate::store::{NodeAuth, StoreError};
+
+/// A configuration read races with writers when the broker's generation moves between the
+/// first and last read; retried this many times before answering 503.
+const CONFIG_READ_ATTEMPTS: usize = 5;
+
+/// The agent API's routes, ready to be merged into the main router.
+pub fn router<S>(state: AppState) -> Router<S> {
+    Router::new()
+        .route("/agent/v1/nodes/{node}/register", post(register))
+        .route("/agent/v1/nodes/{node}/heartbeat", post(heartbeat))
+        .route("/agent/v1/nodes/{node}/config", get(config))
+        .route("/agent/v1/nodes/{node}/applied", post(applied))
+        .with_state(state)
+}
+
+/// SHA-256 of a token, hex: what the node row stores.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> Self {
+        AgentError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AgentError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AgentError::Internal(e) => {
+                tracing::error!("agent API: {e:#}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (
+            status,
+            Json(serde_json::json!({ "message": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// The node the request speaks for, if its token is the node's current one. Unknown nodes
+/// and wrong tokens look the same to the caller.
+async fn authenticate(
+    state: &AppState,
+    node: &str,
+    headers: &HeaderMap,
+) -> Result<(NodeId, NodeAuth), AgentError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AgentError::Unauthorized)?;
+    if !NodeId::is_valid(node) {
+        return Err(AgentError::Unauthorized);
+    }
+    let id = NodeId(node.to_owned());
+    let auth = match state.store.node_auth(&id).await {
+        Ok(auth) => auth,
+        Err(StoreError::NotFound(_)) => return Err(AgentError::Unauthorized),
+        Err(e) => return Err(e.into()),
+    };
+    let presented = token_hash(token);
+    let expected = auth.token_hash.as_deref().unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) && !expected.is_empty() {
+        Ok((id, auth))
+    } else {
+        Err(AgentError::Unauthorized)
+    }
+}
+
+fn pointer(auth: &NodeAuth) -> Json<DesiredPointer> {
+    Json(DesiredPointer {
+        desired_generation: Generation(u64::try_from(auth.desired_generation).unwrap_or(0)),
+    })
+}
+
+fn to_i64(g: Generation) -> i64 {
+    i64::try_from(g.0).unwrap_or(i64::MAX)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Json<DesiredPointer>, AgentError> {
+    let (id, auth) = authenticate(&state, &node, &headers).await?;
+    state
+        .store
+        .node_register(&id, &req.agent_version, req.applied_generation, Utc::now())
+        .await?;
+    tracing::info!(node = %id, amqp = %req.amqp_addr, applied = %req.applied_generation, "agent registered");
+    state.wake_reconcilers();
+    Ok(pointer(&auth))
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    Json(hb): Json<Heartbeat>,
+) -> Result<Json<DesiredPointer>, AgentError> {
+    let (id, auth) = authenticate(&state, &node, &headers).await?;
+    state
+        .store
+        .node_heartbeat(
+            &id,
+            hb.applied_generation,
+            &hb.engine,
+            hb.rejected.as_ref(),
+            Utc::now(),
+        )
+        .await?;
+    // Most heartbeats change nothing a reconciler acts on; wake them only when one does.
+    if to_i64(hb.applied_generation) != auth.applied_generation
+        || hb.engine.ready != auth.engine_ready
+    {
+        state.wake_reconcilers();
+    }
+    Ok(pointer(&auth))
+}
+
+async fn config(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<DesiredConfig>, AgentError> {
+    let (_, auth) = authenticate(&state, &node, &headers).await?;
+    let store = &state.store;
+    for _ in 0..CONFIG_READ_ATTEMPTS {
+        let broker = store.broker_get(&auth.broker_id).await?;
+        let users = store.user_list_desired(&auth.broker_id).await?;
+        let configuration = match &broker.configuration {
+            Some((id, revision)) => {
+                Some(store.configuration_revision_get(id, *revision).await?.data)
+            }
+            None => None,
+        };
+        // Every change to users bumps the generation in the same transaction, so an
+        // unchanged generation means the reads above saw one consistent state.
+        let after = store.broker_get(&auth.broker_id).await?;
+        if after.generation != broker.generation {
+            continue;
+        }
+        let instance = catalog::instance_type(&broker.host_instance_type).ok_or_else(|| {
+            AgentError::Internal(anyhow::anyhow!(
+                "broker {} has instance type {:?}, which is not in the catalog",
+                broker.id,
+                broker.host_instance_type
+            ))
+        })?;
+        return Ok(Json(desired_config(
+            &broker,
+            &users,
+            instance,
+            configuration,
+        )));
+    }
+    Err(AgentError::Unavailable(
+        "the configuration kept changing; retry",
+    ))
+}
+
+async fn applied(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    Json(report): Json<ApplyReport>,
+) -> Result<StatusCode, AgentError> {
+    let (id, _) = authenticate(&state, &node, &headers).await?;
+    match &report {
+        ApplyReport::Applied { generation } => {
+            state
+                .store
+                .node_record_apply(&id, Some(*generation), None)
+                .await?;
+        }
+        ApplyReport::Rejected(rejection) => {
+            tracing::error!(
+                node = %id,
+                generation = %rejection.generation,
+                "agent refused its configuration: {}",
+                rejection.reason
+            );
+            state
+                .store
+                .node_record_apply(&id, None, Some(rejection))
+                .await?;
+        }
+    }
+    state.wake_reconcilers();
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,177 @@
+//! Background loops that converge the world to the intent in the store (DESIGN.md
+//! decision 5). Each pass takes no input, may run twice, and records what it saw; see each
+//! loop's module for what it converges.
+//!
+//! - [`provision`]: brokers' nodes: create, adopt, restart, reboot, delete; broker states.
+//!
+//! The driver here runs a pass on a timer and whenever the API or an agent wakes the
+//! reconcilers, skips brokers that are backing off after failures (with jitter) or that
+//! converged recently ([`backoff`]), works on several brokers at once, and records each
+//! pass's outcome and duration in the metrics registry.
+
+pub mod backoff;
+pub mod provision;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::app::AppState;
+use crate::provider::Provider;
+use crate::store::{BrokerId, BrokerRecord};
+use backoff::Schedule;
+use provision::{Outcome, Provisioner};
+
+/// Time between passes without a wake-up.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// Brokers reconciled at once within a pass (a reboot waits for an agent to stop; others
+/// should not wait behind it).
+const CONCURRENT_BROKERS: usize = 16;
+/// Brokers read per store query while listing.
+const LIST_PAGE: i64 = 500;
+/// Orphan collection runs every this many passes.
+const ORPHAN_EVERY_PASSES: u64 = 30;
+
+/// Runs the reconcilers until `shutdown` completes.
+pub async fn run(
+    state: AppState,
+    provider: Arc<dyn Provider>,
+    region: String,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut wakeups = state.reconcile_wakeups();
+    let provisioner = Provisioner::new(state, provider, region);
+    let mut schedule: Schedule<BrokerId> = Schedule::default();
+    let mut woken = true;
+    tokio::pin!(shutdown);
+    for pass in 0u64.. {
+        if pass % ORPHAN_EVERY_PASSES == 0 {
+            if let Err(e) = provisioner.collect_orphans().await {
+                tracing::warn!("collecting orphaned nodes failed: {e:#}");
+            }
+        }
+        let started = Instant::now();
+        let outcome = match provision_pass(&provisioner, &mut schedule, woken).await {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!("provision pass failed: {e:#}");
+                "error"
+            }
+        };
+        provisioner
+            .state()
+            .metrics
+            .reconcile_finished("provision", outcome, started.elapsed());
+        woken = tokio::select! {
+            _ = &mut shutdown => return,
+            changed = wakeups.changed() => {
+                if changed.is_err() {
+                    // Every sender is gone: the app is shutting down.
+                    return;
+                }
+                true
+            }
+            _ = tokio::time::sleep(PASS_INTERVAL) => false,
+        };
+    }
+}
+
+/// One pass over every broker that is due.
+pub async fn provision_pass(
+    provisioner: &Provisioner,
+    schedule: &mut Schedule<BrokerId>,
+    woken: bool,
+) -> anyhow::Result<()> {
+    let brokers = list_all(provisioner).await?;
+    schedule.retain(|id| brokers.iter().any(|b| &b.id == id));
+    let now = Instant::now();
+    let due: Vec<&BrokerRecord> = brokers
+        .iter()
+        .filter(|b| schedule.due(&b.id, now, woken))
+        .collect();
+    let mut results = Vec::with_capacity(due.len());
+    for chunk in due.chunks(CONCURRENT_BROKERS) {
+        results.extend(
+            futures::future::join_all(chunk.iter().map(|b| reconcile_one(provisioner, b))).await,
+        );
+    }
+    let now = Instant::now();
+    for (id, result) in results {
+        match result {
+            Ok(Outcome::Converged) => schedule.converged(&id, now),
+            Ok(Outcome::Progressing) => schedule.progressing(&id),
+            Err(e) => {
+                schedule.failed(&id, now);
+                tracing::warn!(broker = %id, failures = schedule.failures(&id), "reconciling broker failed: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_one(
+    provisioner: &Provisioner,
+    broker: &BrokerRecord,
+) -> (BrokerId, anyhow::Result<Outcome>) {
+    (
+        broker.id.clone(),
+        provisioner.reconcile_broker(broker).await,
+    )
+}
+
+async fn list_all(provisioner: &Provisioner) -> anyhow::Result<Vec<BrokerRecord>> {
+    let store = &provisioner.state().store;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.broker_list(after.as_deref(), LIST_PAGE).await?;
+        let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= LIST_PAGE;
+        after = page.last().map(|b| b.id.to_string());
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
+/// Starts the reconcilers with the provider `state.config` names, for a control plane whose
+/// HTTP API (agent routes included) listens on `listen`. They stop when `stop` turns true.
+pub fn spawn(
+    state: &AppState,
+    listen: std::net::SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let config = &state.config;
+    let provider: Arc<dyn Provider> = match config.provider {
+        crate::config::ProviderKind::Local => {
+            let local = crate::provider::local::LocalConfig::new(
+                config.agent_binary(),
+                &config.database.data_dir,
+                agent_url(listen),
+            );
+            Arc::new(crate::provider::local::LocalProvider::new(local))
+        }
+    };
+    let shutdown = async move {
+        // Ends on `true` or when the sender is dropped.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let task = tokio::spawn(run(
+        state.clone(),
+        provider,
+        config.region.clone(),
+        shutdown,
+    ));
+    vec![task]
+}
+
+/// The URL agents on this machine use to reach the control plane: loopback when it listens
+/// on every address.
+fn agent_url(listen: std::net::SocketAddr) -> String {
+    let host = if listen.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        listen.ip()
+    };
+    format!("http://{}", std::net::SocketAddr::new(host, listen.port()))
+}

@@ -1,0 +1,332 @@
+//! The provisioning reconciler: converges every broker's nodes to its desired state.
+//!
+//! **Converges**: each serving broker (CREATION_IN_PROGRESS, RUNNING, REBOOT_IN_PROGRESS,
+//! CRITICAL_ACTION_REQUIRED) has exactly its planned nodes recorded and running, restarted
+//! once after each reboot request; CREATION_IN_PROGRESS and REBOOT_IN_PROGRESS brokers whose
+//! nodes all serve become RUNNING; user changes the nodes have applied stop being pending;
+//! a DELETION_IN_PROGRESS broker loses its nodes (processes and data), then its row.
+//!
+//! **Triggered** by a timer, by API writes and by agent reports that matter (registration,
+//! readiness, an applied generation), through [`AppState::wake_reconcilers`].
+//!
+//! **Idempotent**: a pass reads everything it decides on (store rows, and the provider's view
+//! of each process) and does only the next step. Node rows are written before the provider
+//! acts and say `unknown` while it does; starting a running node adopts it; deleting a
+//! missing node succeeds. A pass right after a converged pass does nothing.
+
+use anyhow::Context;
+use chrono::Utc;
+use mooring_agent_protocol::NodeId;
+use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::app::AppState;
+use crate::http::agent::token_hash;
+use crate::model::BrokerState;
+use crate::plan::broker::{broker_step, serves, BrokerFacts, BrokerStep};
+use crate::plan::nodes::{desired_nodes, node_action, node_ready, NodeAction, NodeFacts, NodeGoal};
+use crate::provider::{NodeSpec, ProcessState, Provider, StartOutcome};
+use crate::store::{BrokerId, BrokerRecord, NewNode, NodeRecord, ObservedState};
+
+/// What one broker's pass achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing left to do.
+    Converged,
+    /// Work was done or is in progress (an agent starting): look again at the next pass.
+    Progressing,
+}
+
+pub struct Provisioner {
+    state: AppState,
+    provider: Arc<dyn Provider>,
+    region: String,
+    /// Per broker, the highest applied generation already passed to `user_mark_applied`,
+    /// so converged brokers cost no writes. Lost on restart: marking again is harmless.
+    marked_applied: parking_lot::Mutex<HashMap<BrokerId, i64>>,
+}
+
+impl Provisioner {
+    pub fn new(state: AppState, provider: Arc<dyn Provider>, region: String) -> Self {
+        Provisioner {
+            state,
+            provider,
+            region,
+            marked_applied: Default::default(),
+        }
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    /// One pass over one broker.
+    pub async fn reconcile_broker(&self, broker: &BrokerRecord) -> anyhow::Result<Outcome> {
+        let Some(serve) = serves(broker.state) else {
+            return Ok(Outcome::Converged);
+        };
+        let store = &self.state.store;
+        let desired = if serve {
+            desired_nodes(broker.id.as_str(), broker.deployment_mode, &self.region)
+        } else {
+            Vec::new()
+        };
+
+        // 1. Record planned nodes that have no row yet (before anything exists for them).
+        let mut nodes = store.node_list_for_broker(&broker.id).await?;
+        let mut progressed = false;
+        for planned in &desired {
+            if nodes.iter().any(|n| n.id == planned.id) {
+                continue;
+            }
+            let taken = store.node_ports_taken().await?;
+            let endpoint = self.provider.allocate_endpoint(&taken)?;
+            let node = NewNode {
+                id: planned.id.clone(),
+                broker_id: broker.id.clone(),
+                ordinal: planned.ordinal,
+                zone: planned.zone.clone(),
+                host: endpoint.host,
+                amqp_port: endpoint.amqp_port,
+                admin_port: endpoint.admin_port,
+            };
+            store
+                .node_insert(&node, Utc::now())
+                .await
+                .context("recording a node")?;
+            progressed = true;
+        }
+        if progressed {
+            nodes = store.node_list_for_broker(&broker.id).await?;
+        }
+
+        // 2. Each node's next step.
+        let reboot_generation = broker.reboot_generation.unwrap_or(0);
+        let now = Utc::now();
+        let mut all_ready = !desired.is_empty();
+        let mut remaining = 0;
+        for node in &nodes {
+            let wanted = serve && desired.iter().any(|d| d.id == node.id);
+            let goal = if wanted {
+                NodeGoal::Serve { reboot_generation }
+            } else {
+                NodeGoal::Remove
+            };
+            let process = self.provider.status(&node.id).await?;
+            let facts = NodeFacts {
+                running: matches!(process, ProcessState::Running { .. }),
+                registered: node.registered_at.is_some(),
+                engine_ready: node.engine.ready,
+                last_heartbeat: node.last_heartbeat,
+                restart_generation: node.restart_generation,
+            };
+            let ready = wanted && node_ready(&facts, reboot_generation, now);
+            all_ready &= ready;
+            match node_action(goal, &facts, now) {
+                NodeAction::Nothing => {
+                    // A crash between a start and its record leaves `unknown`; the process
+                    // is there and serving, so record it as ours.
+                    if let (ProcessState::Running { pid }, true) =
+                        (process, node.observed != ObservedState::Started)
+                    {
+                        store.node_mark_adopted(&node.id, pid).await?;
+                    }
+                    remaining += 1;
+                }
+                NodeAction::Wait => {
+                    progressed = true;
+                    remaining += 1;
+                }
+                NodeAction::Start => {
+                    self.start_node(broker, node, reboot_generation).await?;
+                    progressed = true;
+                    remaining += 1;
+                }
+                NodeAction::Restart => {
+                    tracing::info!(node = %node.id, reboot_generation, "restarting node for a reboot");
+                    store
+                        .node_set_observed(&node.id, ObservedState::Unknown)
+                        .await?;
+                    self.provider
+                        .stop(&node.id)
+                        .await
+                        .context("stopping the node")?;
+                    store
+                        .node_set_observed(&node.id, ObservedState::Stopped)
+                        .await?;
+                    self.start_node(broker, node, reboot_generation).await?;
+                    progressed = true;
+                    remaining += 1;
+                }
+                NodeAction::Remove => {
+                    tracing::info!(node = %node.id, "removing node");
+                    store
+                        .node_set_observed(&node.id, ObservedState::Deleting)
+                        .await?;
+                    self.provider
+                        .delete(&node.id)
+                        .await
+                        .context("deleting the node")?;
+                    store.node_remove(&node.id).await?;
+                    progressed = true;
+                }
+            }
+        }
+        // Planned nodes without a row were just recorded; they are not ready yet.
+        all_ready &= desired.iter().all(|d| nodes.iter().any(|n| n.id == d.id));
+
+        // 3. User changes the nodes have applied are no longer pending.
+        if serve {
+            self.mark_applied(broker, &nodes, &desired).await?;
+        }
+
+        // 4. The broker as a whole.
+        let facts = BrokerFacts {
+            state: broker.state,
+            nodes_ready: all_ready,
+            nodes_recorded: remaining,
+        };
+        match broker_step(&facts) {
+            BrokerStep::SetRunning => {
+                let from = [
+                    BrokerState::CreationInProgress,
+                    BrokerState::RebootInProgress,
+                ];
+                if store
+                    .broker_set_state(&broker.id, &from, BrokerState::Running)
+                    .await?
+                {
+                    tracing::info!(broker = %broker.id, "broker is RUNNING");
+                }
+            }
+            BrokerStep::Remove => {
+                store.broker_remove(&broker.id).await?;
+                self.marked_applied.lock().remove(&broker.id);
+                tracing::info!(broker = %broker.id, "broker deleted");
+            }
+            BrokerStep::Nothing => {}
+        }
+        Ok(if progressed {
+            Outcome::Progressing
+        } else {
+            Outcome::Converged
+        })
+    }
+
+    /// Starts a node with a fresh token. The token's hash is recorded first (with the node
+    /// `unknown`), so the started agent can always authenticate and an older agent cannot.
+    async fn start_node(
+        &self,
+        broker: &BrokerRecord,
+        node: &NodeRecord,
+        reboot_generation: i64,
+    ) -> anyhow::Result<()> {
+        let store = &self.state.store;
+        let token = new_token();
+        store
+            .node_begin_start(&node.id, &token_hash(&token))
+            .await?;
+        let spec = NodeSpec {
+            node_id: node.id.clone(),
+            broker_id: broker.id.to_string(),
+            zone: node.zone.clone(),
+            amqp_port: node.amqp_port,
+            admin_port: node.admin_port,
+            engine_version: broker.engine_version.clone(),
+        };
+        match self
+            .provider
+            .start(&spec, &token)
+            .await
+            .context("starting the node")?
+        {
+            StartOutcome::Started { pid } => {
+                tracing::info!(node = %node.id, ?pid, "node started");
+                store
+                    .node_mark_started(&node.id, pid, reboot_generation, Utc::now())
+                    .await?;
+            }
+            StartOutcome::Adopted { pid } => {
+                // A process appeared between our look and our start (another replica?). It
+                // holds an older token, so it could never report: stop it; the next pass
+                // starts the node cleanly.
+                tracing::warn!(node = %node.id, ?pid, "found a running agent while starting; stopping it");
+                self.provider
+                    .stop(&node.id)
+                    .await
+                    .context("stopping an unexpected agent")?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_applied(
+        &self,
+        broker: &BrokerRecord,
+        nodes: &[NodeRecord],
+        desired: &[crate::plan::nodes::DesiredNode],
+    ) -> anyhow::Result<()> {
+        // The broker has applied what every planned node has applied.
+        let applied = desired
+            .iter()
+            .map(|d| {
+                nodes
+                    .iter()
+                    .find(|n| n.id == d.id)
+                    .map_or(0, |n| n.applied_generation)
+            })
+            .min()
+            .unwrap_or(0);
+        if applied <= 0 {
+            return Ok(());
+        }
+        let already = self
+            .marked_applied
+            .lock()
+            .get(&broker.id)
+            .copied()
+            .unwrap_or(0);
+        if applied > already {
+            self.state
+                .store
+                .user_mark_applied(&broker.id, applied)
+                .await?;
+            self.marked_applied
+                .lock()
+                .insert(broker.id.clone(), applied);
+        }
+        Ok(())
+    }
+
+    /// Removes provider data for nodes nobody recorded (a crash cannot cause this, given the
+    /// write order, but a hand-edited database or an old bug could). The provider is listed
+    /// before the store is read: a node being created right now is recorded before its data
+    /// exists, so it is never mistaken for an orphan.
+    pub async fn collect_orphans(&self) -> anyhow::Result<usize> {
+        let held = self.provider.list().await?;
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let recorded: std::collections::HashSet<NodeId> =
+            self.state.store.node_ids().await?.into_iter().collect();
+        let mut removed = 0;
+        for node in held.into_iter().filter(|n| !recorded.contains(n)) {
+            tracing::warn!(node = %node, "removing an unrecorded node");
+            self.provider.delete(&node).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// A fresh node token: 32 random bytes, hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
