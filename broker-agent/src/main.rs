@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the engine without a control plane.
     Standalone(StandaloneArgs),
+    /// Serve one broker node for a control plane (`mooring serve` starts these).
+    Run(mooring_broker_agent::agent::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,5 +160,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Standalone(a) => standalone(a).await,
+        Command::Run(a) => mooring_broker_agent::agent::run(a).await,
     }
 }

@@ -97,6 +97,8 @@ impl AdminView for BrokerView {
                 c.timeout = u64::from(h.heartbeat_secs);
                 c.frame_max = u64::from(h.frame_max);
                 c.channel_max = u64::from(h.channel_max);
+                c.auth_mechanism = h.auth_mechanism.clone();
+                c.client_properties = table_json(&h.client_properties);
                 c
             })
             .collect();

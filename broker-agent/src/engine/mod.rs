@@ -173,13 +173,17 @@ impl Engine {
 
 /// `{"amqp":"127.0.0.1:NNN","admin":...,"amqps":...}`, written to a temp file then renamed.
 fn write_ports(dir: &Path, addrs: &EngineAddrs) -> anyhow::Result<()> {
-    let json = serde_json::json!({
-        "amqp": addrs.amqp.to_string(),
-        "admin": addrs.admin.map(|a| a.to_string()),
-        "amqps": addrs.amqps.map(|a| a.to_string()),
-    });
+    // Absent listeners are left out rather than written as null.
+    let mut json = serde_json::Map::new();
+    json.insert("amqp".into(), addrs.amqp.to_string().into());
+    if let Some(a) = addrs.admin {
+        json.insert("admin".into(), a.to_string().into());
+    }
+    if let Some(a) = addrs.amqps {
+        json.insert("amqps".into(), a.to_string().into());
+    }
     let tmp = dir.join("ports.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&json)?)?;
+    std::fs::write(&tmp, serde_json::to_vec(&serde_json::Value::Object(json))?)?;
     std::fs::rename(&tmp, dir.join("ports.json"))?;
     Ok(())
 }

@@ -67,8 +67,25 @@ impl Connection {
         mandatory: bool,
     ) -> AmqpResult<()> {
         Stats::inc(&self.broker.stats.published, 1);
+        if let Some(e) = &msg.bad_expiration {
+            return Err(
+                AmqpError::precondition_failed(format!("invalid expiration '{e}'")).on(60, 40),
+            );
+        }
+        if let Some(u) = msg
+            .user_id
+            .as_deref()
+            .filter(|u| *u != self.session.user.name)
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "user_id property set to '{u}' but authenticated user was '{}'",
+                self.session.user.name
+            ))
+            .on(60, 40));
+        }
         let mut queues = Vec::new();
         let vh = self.session.vhost.clone();
+        let mut msg = msg;
         self.broker
             .route(
                 &vh,
@@ -78,6 +95,26 @@ impl Connection {
                 &mut queues,
             )
             .map_err(|e| e.on(60, 40))?;
+        if msg.may_have_cc {
+            // Sender-selected distribution: CC and BCC headers name more routing keys.
+            let (keys, has_bcc) = crate::engine::broker::routing::cc_keys(&msg.header);
+            for k in &keys {
+                let mut more = Vec::new();
+                self.broker
+                    .route(&vh, &msg.exchange, k, &msg.header, &mut more)
+                    .map_err(|e| e.on(60, 40))?;
+                for q in more {
+                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                        queues.push(q);
+                    }
+                }
+            }
+            if has_bcc {
+                if let Some(stripped) = crate::engine::broker::routing::strip_bcc(&msg) {
+                    msg = Arc::new(stripped);
+                }
+            }
+        }
         let mut ack = true;
         if queues.is_empty() {
             if mandatory {

@@ -193,7 +193,8 @@ impl Connection {
         if ch.content.is_some() {
             return Err(AmqpError::unexpected_frame(
                 "expected content header for class 60, got non content header frame instead",
-            ));
+            )
+            .on(60, 40));
         }
         let ids = f.payload.get(..4).unwrap_or(&[]);
         // Hot paths, decoded by hand.

@@ -113,6 +113,8 @@ pub async fn serve<S>(
         link: link.clone(),
         control: control_tx,
         channels: std::sync::atomic::AtomicU32::new(0),
+        client_properties: session.client_properties.clone(),
+        auth_mechanism: session.mechanism.clone(),
     });
     broker.conns.lock().insert(id, handle.clone());
     Stats::add(&broker.stats.connections, 1);
@@ -285,9 +287,10 @@ impl Connection {
             frame::FRAME_METHOD | frame::FRAME_HEADER | frame::FRAME_BODY => {
                 let id = usize::from(f.channel);
                 if id >= self.channels.len() {
+                    let open = self.channels.iter().filter(|c| c.is_some()).count();
                     return Err(AmqpError::not_allowed(format!(
-                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
-                        id, self.session.channel_max
+                        "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                        self.session.channel_max
                     )));
                 }
                 let Some(mut ch) = self.channels[id].take() else {
@@ -317,7 +320,11 @@ impl Connection {
                 .send(|out| frame::write_method(out, f.channel, &m));
             return Ok(());
         }
-        Err(AmqpError::channel_error("expected 'channel.open'"))
+        let err = AmqpError::channel_error("expected 'channel.open'");
+        Err(match method_ids(&f) {
+            Some((c, m)) if f.kind == frame::FRAME_METHOD => err.on(c, m),
+            _ => err,
+        })
     }
 
     async fn connection_method(&mut self, f: &Frame) -> AmqpResult<()> {
@@ -339,7 +346,7 @@ impl Connection {
             AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
                 Err(AmqpError::not_implemented("connection.update-secret"))
             }
-            other => Err(AmqpError::command_invalid(format!(
+            other => Err(AmqpError::channel_error(format!(
                 "unexpected method on channel 0: class {} method {}",
                 other.get_amqp_class_id(),
                 other.get_amqp_method_id()
@@ -430,7 +437,7 @@ pub(super) fn parse_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
                 .map(|b| u16::from_be_bytes([b[0], b[1]]))
                 .unwrap_or(0);
             if known_method(class, method) {
-                Err(AmqpError::syntax_error(format!(
+                Err(AmqpError::frame_error(format!(
                     "malformed arguments for class {class} method {method}"
                 ))
                 .on(class, method))
@@ -442,6 +449,15 @@ pub(super) fn parse_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
             }
         }
     }
+}
+
+/// (class id, method id) of a method frame.
+pub(super) fn method_ids(f: &Frame) -> Option<(u16, u16)> {
+    let p = f.payload.get(..4)?;
+    Some((
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ))
 }
 
 fn known_method(class: u16, method: u16) -> bool {

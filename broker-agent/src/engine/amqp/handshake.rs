@@ -33,6 +33,8 @@ pub struct Session {
     pub heartbeat_secs: u16,
     /// The client understands connection.blocked / unblocked.
     pub blocked_capable: bool,
+    pub client_properties: FieldTable,
+    pub mechanism: String,
 }
 
 /// Why the handshake ended without a session.
@@ -210,22 +212,28 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
     };
     let vhost_name = open.virtual_host.as_str();
     let Some(vhost) = broker.vhost(vhost_name) else {
-        return Err(HandshakeEnd::Close(AmqpError::not_allowed(format!(
-            "vhost {vhost_name} not found"
-        ))));
+        return Err(HandshakeEnd::Close(
+            AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40),
+        ));
     };
     if !user.vhosts.iter().any(|v| v == vhost_name) {
-        return Err(HandshakeEnd::Close(AmqpError::not_allowed(format!(
-            "access to vhost '{vhost_name}' refused for user '{}'",
-            user.name
-        ))));
+        return Err(HandshakeEnd::Close(
+            AmqpError::not_allowed(format!(
+                "access to vhost '{vhost_name}' refused for user '{}'",
+                user.name
+            ))
+            .on(10, 40),
+        ));
     }
     if let Some(max) = limits.max_connections {
         if broker.conns.lock().len() as u64 >= u64::from(max) {
-            return Err(HandshakeEnd::Close(AmqpError::not_allowed(format!(
-                "access to vhost '{vhost_name}' refused for user '{}': connection limit ({max}) is reached",
-                user.name
-            ))));
+            return Err(HandshakeEnd::Close(
+                AmqpError::not_allowed(format!(
+                    "access to vhost '{vhost_name}' refused for user '{}': connection limit ({max}) is reached",
+                    user.name
+                ))
+                .on(10, 40),
+            ));
         }
     }
     send(
@@ -239,5 +247,7 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         frame_max,
         heartbeat_secs: tune_ok.heartbeat,
         blocked_capable,
+        client_properties: start_ok.client_properties,
+        mechanism,
     })
 }

@@ -58,9 +58,18 @@ pub fn dead_letter_header(msg: &Message, queue: &str, reason: DeathReason) -> Op
             t.insert("queue".into(), long_str(queue));
             t.insert("time".into(), AMQPValue::Timestamp(now));
             t.insert("exchange".into(), long_str(&msg.exchange));
+            let mut keys = vec![long_str(&msg.routing_key)];
+            if let Some(AMQPValue::FieldArray(cc)) = headers.inner().get("CC") {
+                keys.extend(
+                    cc.as_slice()
+                        .iter()
+                        .filter_map(as_str)
+                        .map(|k| long_str(&k)),
+                );
+            }
             t.insert(
                 "routing-keys".into(),
-                AMQPValue::FieldArray(FieldArray::from(vec![long_str(&msg.routing_key)])),
+                AMQPValue::FieldArray(FieldArray::from(keys)),
             );
             if reason == DeathReason::Expired {
                 if let Some(e) = &expiration {
@@ -85,12 +94,27 @@ pub fn dead_letter_header(msg: &Message, queue: &str, reason: DeathReason) -> Op
         }
     }
 
-    let drop_expiration = reason == DeathReason::Expired;
-    let props = rebuild(&props, headers, drop_expiration);
-    let mut out = Vec::with_capacity(msg.header.len() + 128);
+    encode_header(
+        &props,
+        headers,
+        reason == DeathReason::Expired,
+        msg.body.len() as u64,
+    )
+}
+
+/// A content header with `props` but the given headers table (and without `expiration` if
+/// `drop_expiration`).
+pub fn encode_header(
+    props: &AMQPProperties,
+    headers: FieldTable,
+    drop_expiration: bool,
+    body_len: u64,
+) -> Option<Bytes> {
+    let props = rebuild(props, headers, drop_expiration);
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&60u16.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&(msg.body.len() as u64).to_be_bytes());
+    out.extend_from_slice(&body_len.to_be_bytes());
     let ctx = gen_properties(&props)(WriteContext::from(out)).ok()?;
     Some(Bytes::from(ctx.write))
 }

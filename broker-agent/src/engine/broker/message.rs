@@ -20,6 +20,12 @@ pub struct Message {
     pub persistent: bool,
     /// Per-message TTL from the `expiration` property, in milliseconds.
     pub expiration_ms: Option<u64>,
+    /// An `expiration` property that is not a non-negative integer (the publish is refused).
+    pub bad_expiration: Option<String>,
+    /// The `user_id` property (must match the publishing user).
+    pub user_id: Option<String>,
+    /// The headers may hold `CC` / `BCC` routing keys (sender-selected distribution).
+    pub may_have_cc: bool,
     /// The log record, encoded once however many durable queues store the message.
     record: OnceLock<Bytes>,
 }
@@ -29,11 +35,19 @@ const RECORD_VERSION: u8 = 1;
 impl Message {
     pub fn new(exchange: Arc<str>, routing_key: Arc<str>, header: Bytes, body: Bytes) -> Message {
         let view = PropsView::parse(&header);
+        let expiration_ms = view.expiration.as_deref().and_then(parse_expiration);
+        let may_have_cc = view.headers.as_ref().is_some_and(|r| {
+            let t = &header[r.clone()];
+            contains(t, b"\x02CC") || contains(t, b"\x03BCC")
+        });
         Message {
             exchange,
             routing_key,
             persistent: view.delivery_mode == Some(2),
-            expiration_ms: view.expiration.as_deref().and_then(parse_expiration),
+            bad_expiration: view.expiration.filter(|_| expiration_ms.is_none()),
+            expiration_ms,
+            user_id: view.user_id,
+            may_have_cc,
             header,
             body,
             record: OnceLock::new(),
@@ -89,6 +103,10 @@ impl Message {
     }
 }
 
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 fn put_short(b: &mut BytesMut, s: &str) {
     let s = &s.as_bytes()[..s.len().min(255)];
     b.extend_from_slice(&[s.len() as u8]);
@@ -111,12 +129,13 @@ pub fn parse_expiration(s: &str) -> Option<u64> {
 pub struct PropsView {
     pub delivery_mode: Option<u8>,
     pub expiration: Option<String>,
+    pub user_id: Option<String>,
     /// Byte range of the encoded headers table (after its length prefix) within the header.
     pub headers: Option<std::ops::Range<usize>>,
 }
 
 impl PropsView {
-    /// Walks the property list up to `expiration`; stops quietly on malformed input (the
+    /// Walks the property list up to `user_id`; stops quietly on malformed input (the
     /// publish was already validated by `validate_header`).
     pub fn parse(header: &[u8]) -> PropsView {
         let mut v = PropsView::default();
@@ -165,9 +184,23 @@ impl PropsView {
             }
         }
         if flags & (1 << 8) != 0 {
-            if let Some(r) = short(&mut at) {
-                v.expiration = std::str::from_utf8(&header[r]).ok().map(str::to_owned);
-            }
+            let Some(r) = short(&mut at) else { return v };
+            v.expiration = std::str::from_utf8(&header[r]).ok().map(str::to_owned);
+        }
+        if flags & (1 << 4) == 0 {
+            return v;
+        }
+        if flags & (1 << 7) != 0 && short(&mut at).is_none() {
+            return v; // message-id
+        }
+        if flags & (1 << 6) != 0 {
+            at += 8; // timestamp
+        }
+        if flags & (1 << 5) != 0 && short(&mut at).is_none() {
+            return v; // type
+        }
+        if let Some(r) = short(&mut at) {
+            v.user_id = std::str::from_utf8(&header[r]).ok().map(str::to_owned);
         }
         v
     }
@@ -198,12 +231,16 @@ mod tests {
             .with_headers(t)
             .with_delivery_mode(2)
             .with_reply_to("r".into())
-            .with_expiration("1500".into());
+            .with_expiration("1500".into())
+            .with_message_id("m".into())
+            .with_timestamp(7)
+            .with_user_id("bob".into());
         let h = header_for(&props, 3);
         let v = PropsView::parse(&h);
         assert_eq!(v.delivery_mode, Some(2));
         assert_eq!(v.expiration.as_deref(), Some("1500"));
         assert!(v.headers.is_some());
+        assert_eq!(v.user_id.as_deref(), Some("bob"));
         let m = Message::new("ex".into(), "rk".into(), h, Bytes::from_static(b"abc"));
         assert!(m.persistent);
         assert_eq!(m.expiration_ms, Some(1500));

@@ -65,6 +65,8 @@ pub struct ConnHandle {
     pub control: mpsc::UnboundedSender<ConnControl>,
     /// Open channels.
     pub channels: AtomicU32,
+    pub client_properties: amq_protocol::types::FieldTable,
+    pub auth_mechanism: String,
 }
 
 pub struct Broker {

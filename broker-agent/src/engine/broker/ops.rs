@@ -58,7 +58,7 @@ impl Broker {
             };
         }
         let kind = ExchangeKind::parse(s.kind).ok_or_else(|| {
-            AmqpError::command_invalid(format!("invalid exchange type '{}'", s.kind))
+            AmqpError::command_invalid(format!("unknown exchange type '{}'", s.kind))
         })?;
         if s.name.is_empty() || s.name.starts_with("amq.") {
             if let Some(existing) = vh.exchange(s.name) {
@@ -126,7 +126,12 @@ impl Broker {
     }
 
     pub fn delete_exchange(&self, vh: &VHost, name: &str, if_unused: bool) -> AmqpResult<()> {
-        if name.is_empty() || name.starts_with("amq.") {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "operation not permitted on exchange '{name}' in vhost '{}'",
                 vh.name
@@ -302,7 +307,7 @@ impl Broker {
         }
         if if_empty && c.ready > 0 {
             return Err(AmqpError::precondition_failed(format!(
-                "queue '{name}' in vhost '{}' is not empty",
+                "queue '{name}' in vhost '{}' not empty",
                 vh.name
             )));
         }
@@ -371,9 +376,9 @@ impl Broker {
         args: &FieldTable,
     ) -> AmqpResult<()> {
         if source.is_empty() {
-            return Err(AmqpError::access_refused(format!(
-                "operation not permitted on the default exchange"
-            )));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let src = vh
             .exchange(source)

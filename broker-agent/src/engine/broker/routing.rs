@@ -204,3 +204,32 @@ fn parse_headers(header: &[u8]) -> Option<FieldTable> {
     let (_, props) = parse_properties(header.get(12..)?).ok()?;
     props.headers().clone()
 }
+
+/// The routing keys in the `CC` and `BCC` headers, and whether `BCC` is present.
+pub fn cc_keys(header: &[u8]) -> (Vec<String>, bool) {
+    let Some(h) = parse_headers(header) else {
+        return (Vec::new(), false);
+    };
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        if let Some(amq_protocol::types::AMQPValue::FieldArray(a)) = h.inner().get(name) {
+            keys.extend(a.as_slice().iter().filter_map(super::args::as_str));
+        }
+    }
+    (keys, h.contains_key("BCC"))
+}
+
+/// The message without its `BCC` header (RabbitMQ removes it before delivery).
+pub fn strip_bcc(msg: &Message) -> Option<Message> {
+    let (_, props) = parse_properties(msg.header.get(12..)?).ok()?;
+    let mut headers = props.headers().clone()?;
+    let kept: std::collections::BTreeMap<_, _> = headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "BCC")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers = FieldTable::from(kept);
+    let header = super::deadletter::encode_header(&props, headers, false, msg.body.len() as u64)?;
+    Some(msg.with_header(header, msg.exchange.clone(), msg.routing_key.clone()))
+}
