@@ -36,10 +36,15 @@ const KILLS: usize = 20;
 const KILLS_LONG: usize = 100;
 /// Unconfirmed publishes each publisher keeps in flight.
 const CONFIRM_WINDOW: usize = 32;
-/// Publishing stops once a queue has this many numbers, to bound the final drain.
-const MAX_PER_QUEUE: u64 = 6_000;
-/// How long a publisher runs before the kill: a random point in this range (milliseconds).
-const KILL_AFTER_MS: std::ops::Range<u64> = 30..400;
+/// Each publisher stops after this many publishes per life, to bound the final drain.
+const PUBLISH_PER_LIFE: u64 = 500;
+/// The kill comes once this many publishes (a random number in the range, all queues
+/// together) were confirmed in the current life, plus a random delay: so always while
+/// publishers are busy, whatever the speed of the build.
+const KILL_AFTER_CONFIRMS: std::ops::Range<usize> = 1..1_200;
+const KILL_EXTRA_DELAY_MS: std::ops::Range<u64> = 0..15;
+/// Bound on the wait for those confirms.
+const KILL_TRIGGER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Messages a consumer phase takes from one queue.
 const CONSUME_BATCH: usize = 25;
 /// Bound on any single broker round trip.
@@ -87,17 +92,12 @@ async fn publish(conn: Arc<Connection>, q: usize, ledgers: Ledgers) -> Result<()
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut in_flight = VecDeque::new();
-    loop {
+    for _ in 0..PUBLISH_PER_LIFE {
         let seq = {
             let mut ledger = lock(&ledgers, q);
-            if ledger.next_seq >= MAX_PER_QUEUE {
-                None
-            } else {
-                ledger.next_seq += 1;
-                Some(ledger.next_seq - 1)
-            }
+            ledger.next_seq += 1;
+            ledger.next_seq - 1
         };
-        let Some(seq) = seq else { break };
         let confirm = ch
             .basic_publish(
                 "".into(),
@@ -179,7 +179,7 @@ async fn drain_all(conn: &Connection, ledgers: &Ledgers) -> Result<()> {
     let ch = conn.create_channel().await?;
     for (q, (queue, _)) in QUEUES.iter().enumerate() {
         // Bounded by the number of messages ever published, plus slack for duplicates.
-        let limit = MAX_PER_QUEUE as usize * 2;
+        let limit = lock(ledgers, q).next_seq as usize * 2 + 1;
         let mut n = 0;
         loop {
             ensure!(n < limit, "{queue}: more messages than were ever published");
@@ -217,12 +217,32 @@ async fn one_life(
         // The channel is closed; the connection may die with the kill.
         drop(consumer);
     }
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(KILL_AFTER_MS))).await;
+    let target = rng.gen_range(KILL_AFTER_CONFIRMS);
+    let confirmed_before: usize = (0..QUEUES.len())
+        .map(|q| lock(ledgers, q).confirmed.len())
+        .sum();
+    let budget = PUBLISH_PER_LIFE as usize * QUEUES.len();
+    mooring_tests::wait_for(KILL_TRIGGER_TIMEOUT, "confirms before the kill", || {
+        let confirmed: usize = (0..QUEUES.len()).map(|q| lock(ledgers, q).confirmed.len()).sum();
+        let finished = publishers.iter().all(|p| p.is_finished());
+        // A target beyond what this life can confirm (nacks, budget) falls back to the end.
+        async move { Ok((confirmed - confirmed_before >= target.min(budget) || finished).then_some(())) }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(KILL_EXTRA_DELAY_MS))).await;
+    let finished_before: Vec<bool> = publishers.iter().map(|p| p.is_finished()).collect();
     agent.kill();
-    for p in publishers {
-        // Publishers fail once the broker is gone; their acks are already in the ledger.
-        p.abort();
-        let _ = p.await;
+    for (p, finished) in publishers.into_iter().zip(finished_before) {
+        if finished {
+            // It ended on its own, before the kill: that must have been success.
+            p.await
+                .context("publisher panicked")?
+                .context("publisher failed before the kill")?;
+        } else {
+            // Publishers fail once the broker is gone; their acks are already in the ledger.
+            p.abort();
+            let _ = p.await;
+        }
     }
     Ok(())
 }
@@ -349,13 +369,15 @@ async fn torn_segment_tail_is_recovered_without_losing_earlier_messages() -> Res
     println!("MOORING_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     const PHASE: u64 = 200;
-    for (round, kind) in ["classic", "quorum", "classic"].into_iter().enumerate() {
+    let rounds = [("classic", false), ("quorum", false), ("classic", true)];
+    for (round, (kind, restart_between)) in rounds.into_iter().enumerate() {
         let queue = format!("torn.{kind}.{round}");
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().join("data");
         let mut agent = Agent::start(&data_dir, &[]).await?;
 
-        // Phase 1: the messages that must survive, then a clean stop.
+        // Phase 1: the messages that must survive. Once confirmed they are written, so the
+        // segment sizes now bound where their records lie.
         let conn = connect(&agent.amqp_uri()?).await?;
         let ch = conn.create_channel().await?;
         let mut args = FieldTable::default();
@@ -373,13 +395,20 @@ async fn torn_segment_tail_is_recovered_without_losing_earlier_messages() -> Res
         )
         .await?;
         publish_confirmed(&conn, &queue, 0..PHASE).await?;
-        conn.close(200, "phase 1".into()).await?;
-        agent.stop().await?;
+        if restart_between {
+            conn.close(200, "phase 1".into()).await?;
+            agent.stop().await?;
+        }
         let before = segment_sizes(&data_dir, &queue)?;
 
-        // Phase 2: the messages whose region gets damaged.
-        agent.restart().await?;
-        let conn = connect(&agent.amqp_uri()?).await?;
+        // Phase 2: the messages whose region gets damaged; in the same segment as phase 1
+        // unless the agent restarted in between (it may start a new segment then).
+        let conn = if restart_between {
+            agent.restart().await?;
+            connect(&agent.amqp_uri()?).await?
+        } else {
+            conn
+        };
         publish_confirmed(&conn, &queue, PHASE..2 * PHASE).await?;
         conn.close(200, "phase 2".into()).await?;
         agent.stop().await?;
