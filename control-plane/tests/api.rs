@@ -985,3 +985,42 @@ async fn api_works_on_postgres_too() {
     );
     api.store.finish().await;
 }
+
+#[tokio::test]
+async fn describe_broker_shows_started_nodes() {
+    use mooring_agent_protocol::NodeId;
+    use mooring_control_plane::store::NewNode;
+    let api = TestApi::sqlite().await;
+    let id = create(&api, "with-nodes").await;
+    let broker_id = BrokerId::parse(&id).expect("id");
+    let node = NewNode {
+        id: NodeId(format!("{id}-1")),
+        broker_id: broker_id.clone(),
+        ordinal: 1,
+        zone: "us-east-1a".to_owned(),
+        host: "127.0.0.1".to_owned(),
+        amqp_port: 45672,
+        admin_port: 45673,
+    };
+    api.state
+        .store
+        .node_insert(&node, chrono::Utc::now())
+        .await
+        .expect("insert node");
+    let d = api.get(&format!("/v1/brokers/{id}")).await.ok();
+    assert_eq!(
+        d["brokerInstances"],
+        json!([]),
+        "a node not yet started is not shown"
+    );
+    api.state
+        .store
+        .node_mark_started(&node.id, Some(1), 0, chrono::Utc::now())
+        .await
+        .expect("started");
+    let d = api.get(&format!("/v1/brokers/{id}")).await.ok();
+    assert_eq!(
+        d["brokerInstances"],
+        json!([{"consoleURL": "http://127.0.0.1:45673", "endpoints": ["amqp://127.0.0.1:45672"], "ipAddress": "127.0.0.1"}])
+    );
+}

@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::store::{
     BrokerId, BrokerRecord, BrokerSpecUpdate, ConfigurationId, Constraint, NewBroker, NewUser,
-    StoreError, UserRecord,
+    ObservedState, StoreError, UserRecord,
 };
 
 /// Default page size of ListBrokers (Amazon MQ's).
@@ -347,13 +347,22 @@ pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, A
     })
 }
 
-/// The broker's nodes as DescribeBroker shows them. Node rows belong to the
-/// provisioning side (`store/nodes.rs`); until it records endpoints, none are shown.
+/// The broker's nodes as DescribeBroker shows them: every node that has been started
+/// (its ports are fixed at provisioning), none while pending or being removed.
 async fn broker_instances(
-    _state: &AppState,
-    _broker: &BrokerRecord,
+    state: &AppState,
+    broker: &BrokerRecord,
 ) -> Result<Vec<BrokerInstanceView>, ApiError> {
-    Ok(Vec::new())
+    let nodes = state.store.node_list_for_broker(&broker.id).await?;
+    Ok(nodes
+        .into_iter()
+        .filter(|n| !matches!(n.observed, ObservedState::Pending | ObservedState::Deleting))
+        .map(|n| BrokerInstanceView {
+            console_url: Some(n.console_url()),
+            endpoints: vec![n.amqp_endpoint()],
+            ip_address: Some(n.host.clone()),
+        })
+        .collect())
 }
 
 pub async fn list_brokers(
