@@ -34,7 +34,9 @@ impl TestStore {
         if let Some(name) = self.pg_database {
             if let Ok(admin) = Store::connect(&pg_admin_url()).await {
                 if let Store::Postgres(pool) = &admin {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(pool).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(pool)
+                        .await;
                 }
                 admin.close().await;
             }
@@ -44,9 +46,16 @@ impl TestStore {
 
 pub async fn sqlite_store() -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::connect(&Store::sqlite_url_in(dir.path())).await.expect("SQLite opens");
+    let store = Store::connect(&Store::sqlite_url_in(dir.path()))
+        .await
+        .expect("SQLite opens");
     store.migrate().await.expect("SQLite migrates");
-    TestStore { store, backend: "sqlite", pg_database: None, _dir: dir }
+    TestStore {
+        store,
+        backend: "sqlite",
+        pg_database: None,
+        _dir: dir,
+    }
 }
 
 /// A fresh Postgres database; `None` when the server is unreachable, except under
@@ -55,7 +64,9 @@ pub async fn postgres_store() -> Option<TestStore> {
     let admin_url = pg_admin_url();
     let admin = match Store::connect(&admin_url).await {
         Ok(admin) => admin,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("Postgres is required under CI: {e:#}"),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("Postgres is required under CI: {e:#}")
+        }
         Err(e) => {
             eprintln!("skipping the Postgres run (server unreachable): {e:#}");
             return None;
@@ -63,14 +74,27 @@ pub async fn postgres_store() -> Option<TestStore> {
     };
     let name = format!("mooring_cp_{}", uuid::Uuid::new_v4().simple());
     if let Store::Postgres(pool) = &admin {
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(pool).await.expect("create test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(pool)
+            .await
+            .expect("create test database");
     }
     admin.close().await;
-    let base = admin_url.rsplit_once('/').expect("the admin URL names a database").0;
-    let store = Store::connect(&format!("{base}/{name}")).await.expect("Postgres opens");
+    let base = admin_url
+        .rsplit_once('/')
+        .expect("the admin URL names a database")
+        .0;
+    let store = Store::connect(&format!("{base}/{name}"))
+        .await
+        .expect("Postgres opens");
     store.migrate().await.expect("Postgres migrates");
     let dir = tempfile::tempdir().expect("temp dir");
-    Some(TestStore { store, backend: "postgres", pg_database: Some(name), _dir: dir })
+    Some(TestStore {
+        store,
+        backend: "postgres",
+        pg_database: Some(name),
+        _dir: dir,
+    })
 }
 
 /// SQLite always, Postgres when reachable (always under CI).
@@ -92,7 +116,11 @@ impl TestApi {
         let config = ServeConfig::for_tests(std::env::temp_dir(), None);
         let state = AppState::new(store.store.clone(), config);
         let router = mooring_control_plane::http::router(state.clone());
-        TestApi { state, router, store }
+        TestApi {
+            state,
+            router,
+            store,
+        }
     }
 
     pub async fn sqlite() -> Self {
@@ -106,19 +134,37 @@ impl TestApi {
             .method(method)
             .uri(uri)
             .header("content-type", "application/json")
-            .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty))
+            .body(
+                body.map(|b| Body::from(b.to_owned()))
+                    .unwrap_or_else(Body::empty),
+            )
             .expect("a valid request");
-        let response = self.router.clone().oneshot(request).await.expect("the router answers");
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router answers");
         let status = response.status();
-        let error_type =
-            response.headers().get("x-amzn-ErrorType").map(|v| v.to_str().expect("ascii header").to_owned());
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("the body reads");
+        let error_type = response
+            .headers()
+            .get("x-amzn-ErrorType")
+            .map(|v| v.to_str().expect("ascii header").to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("the body reads");
         let json = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into())
+            })
         };
-        Reply { status, error_type, json }
+        Reply {
+            status,
+            error_type,
+            json,
+        }
     }
 
     pub async fn get(&self, uri: &str) -> Reply {
@@ -158,7 +204,10 @@ impl Reply {
     pub fn error(self, name: &str, status: u16) -> serde_json::Value {
         assert_eq!(self.status.as_u16(), status, "{self:?}");
         assert_eq!(self.error_type.as_deref(), Some(name), "{self:?}");
-        assert!(self.json["message"].as_str().is_some_and(|m| !m.is_empty()), "{self:?}");
+        assert!(
+            self.json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{self:?}"
+        );
         self.json
     }
 }
@@ -186,7 +235,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
