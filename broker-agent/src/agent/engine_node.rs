@@ -2,13 +2,14 @@
 
 use super::node::Node;
 use super::RunArgs;
+use crate::engine::broker::stats::Stats;
 use crate::engine::{Engine, EngineAddrs, EngineConfig, Limits, UserDef};
 use mooring_agent_protocol::{DesiredConfig, EngineStatus};
-use std::sync::Arc;
 
+/// Cheap to clone (the engine is a handle).
 #[derive(Clone)]
 pub struct EngineNode {
-    engine: Arc<Engine>,
+    engine: Engine,
 }
 
 impl EngineNode {
@@ -22,9 +23,7 @@ impl EngineNode {
             config.memory_high_watermark_bytes = held.limits.memory_bytes.max(64 << 20) * 4 / 10;
         }
         let engine = Engine::start(config).await?;
-        let node = EngineNode {
-            engine: Arc::new(engine),
-        };
+        let node = EngineNode { engine };
         // The engine keeps users from its own snapshot over `initial_users`; the ledger is the
         // authority here, so apply it again.
         if let Some(held) = held {
@@ -44,17 +43,19 @@ impl EngineNode {
 
 impl Node for EngineNode {
     fn apply(&self, config: &DesiredConfig) -> anyhow::Result<()> {
-        self.engine.set_users(users(config));
+        self.engine.set_users(users(config))?;
         self.engine.set_limits(limits(config));
         Ok(())
     }
 
     fn status(&self) -> EngineStatus {
+        let stats = &self.engine.broker().stats;
         EngineStatus {
+            // The engine exists only once recovery is done and its listeners are bound.
             ready: true,
-            connections: 0,
-            queues: 0,
-            messages: 0,
+            connections: Stats::get(&stats.connections),
+            queues: Stats::get(&stats.queues),
+            messages: Stats::get(&stats.ready) + Stats::get(&stats.unacked),
         }
     }
 }
