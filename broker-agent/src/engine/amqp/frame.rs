@@ -20,7 +20,7 @@ pub const FRAME_HEADER_LEN: usize = 7;
 pub const FRAME_OVERHEAD: usize = 8;
 
 /// One frame as read from the wire.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: u8,
     pub channel: u16,
