@@ -17,6 +17,8 @@ CONNECTION_START = (10, 10)
 CONNECTION_TUNE = (10, 30)
 CONNECTION_OPEN_OK = (10, 41)
 CONNECTION_CLOSE = (10, 50)
+CONNECTION_BLOCKED = (10, 60)
+CONNECTION_UNBLOCKED = (10, 61)
 CONNECTION_CLOSE_OK = (10, 51)
 CHANNEL_OPEN_OK = (20, 11)
 CHANNEL_CLOSE = (20, 40)
@@ -56,7 +58,10 @@ def table(entries):
 
 # What pika and most clients announce; with it RabbitMQ reports a refused login with a
 # connection.close instead of dropping the socket.
-CLIENT_PROPERTIES = {"product": "mooring-raw-test", "capabilities": {"authentication_failure_close": True}}
+CLIENT_PROPERTIES = {
+    "product": "mooring-raw-test",
+    "capabilities": {"authentication_failure_close": True, "connection.blocked": True},
+}
 
 
 def frame(kind, channel, payload, end=FRAME_END):
@@ -121,6 +126,8 @@ class RawConnection:
         self.buf = b""
         self.frame_max = None
         self.heartbeat = None
+        # connection.blocked/unblocked frames that `expect` stepped over, oldest first
+        self.notices = []
 
     def close(self):
         self.sock.close()
@@ -173,9 +180,16 @@ class RawConnection:
             return f
 
     def expect(self, method, timeout=READ_TIMEOUT_S):
-        f = self.read_method(timeout)
-        assert f.method == method, f"expected {method}, got {f!r} {f.payload[:200]!r}"
-        return f
+        """Reads the next method, which must be `method`. connection.blocked/unblocked may come
+        at any time and are set aside in `self.notices` instead."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.read_method(max(0.0, deadline - time.monotonic()))
+            if f.method in (CONNECTION_BLOCKED, CONNECTION_UNBLOCKED) and method != f.method:
+                self.notices.append(f)
+                continue
+            assert f.method == method, f"expected {method}, got {f!r} {f.payload[:200]!r}"
+            return f
 
     def handshake(
         self, user="guest", password="guest", vhost="/", heartbeat=0, frame_max=131072, channel_max=0, open_vhost=True
@@ -186,10 +200,7 @@ class RawConnection:
         """
         self.send(PROTOCOL_HEADER)
         self.expect(CONNECTION_START)
-        response = b"\x00" + user.encode() + b"\x00" + password.encode()
-        start_ok = table(CLIENT_PROPERTIES) + shortstr("PLAIN") + longstr(response) + shortstr("en_US")
-        self.send(method_frame(0, 10, 11, start_ok))
-        f = self.read_method()
+        f = self.handshake_start_ok(user, password)
         if f.method != CONNECTION_TUNE:
             return f  # refused during authentication
         server_channel_max, server_frame_max, _server_heartbeat = struct.unpack("!HIH", f.payload[4:12])
@@ -202,6 +213,14 @@ class RawConnection:
         if not open_vhost:
             return None
         self.send(method_frame(0, 10, 40, shortstr(vhost) + shortstr("") + b"\x00"))
+        return self.read_method()
+
+    def handshake_start_ok(self, user="guest", password="guest"):
+        """Sends start-ok (PLAIN) after connection.start was read; returns the answer (tune, or
+        a close on refusal)."""
+        response = b"\x00" + user.encode() + b"\x00" + password.encode()
+        start_ok = table(CLIENT_PROPERTIES) + shortstr("PLAIN") + longstr(response) + shortstr("en_US")
+        self.send(method_frame(0, 10, 11, start_ok))
         return self.read_method()
 
     def open(self, **kwargs):

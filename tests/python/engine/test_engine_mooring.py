@@ -103,7 +103,7 @@ def test_tls_connection(agent_factory, tls_cert):
 
     # a client that does not trust the certificate is refused by its own TLS stack
     untrusting = ssl.create_default_context()
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
+    with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError)):
         pika.BlockingConnection(
             pika.ConnectionParameters(
                 host=host, port=port, ssl_options=pika.SSLOptions(untrusting), connection_attempts=1, socket_timeout=5
