@@ -9,6 +9,12 @@ use std::time::Duration;
 /// heartbeat intervals, so one lost heartbeat does not flip a broker.
 pub const HEARTBEAT_FRESHNESS: Duration = Duration::from_secs(10);
 
+/// A running agent not heard from for this long is restarted: it is hung, or it holds a
+/// control-plane address that no longer answers. Counted from the latest of its last
+/// heartbeat, its start, and the reconciler's own start (so a control plane that was down
+/// does not blame the agents for its absence).
+pub const SILENCE_RESTART: Duration = Duration::from_secs(30);
+
 /// A node a broker should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredNode {
@@ -62,6 +68,8 @@ pub struct NodeFacts {
     pub last_heartbeat: Option<DateTime<Utc>>,
     /// The reboot generation the latest start satisfies.
     pub restart_generation: i64,
+    /// The latest of: last heartbeat, latest start, reconciler start.
+    pub last_heard: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +84,14 @@ pub enum NodeAction {
     Wait,
     /// Converged.
     Nothing,
+}
+
+fn silent(last_heard: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    last_heard.is_some_and(|t| {
+        now.signed_duration_since(t)
+            .to_std()
+            .is_ok_and(|age| age >= SILENCE_RESTART)
+    })
 }
 
 pub fn heartbeat_fresh(last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
@@ -102,7 +118,8 @@ pub fn node_action(goal: NodeGoal, facts: &NodeFacts, now: DateTime<Utc>) -> Nod
         NodeGoal::Serve { reboot_generation } => {
             if !facts.running {
                 NodeAction::Start
-            } else if facts.restart_generation < reboot_generation {
+            } else if facts.restart_generation < reboot_generation || silent(facts.last_heard, now)
+            {
                 NodeAction::Restart
             } else if node_ready(facts, reboot_generation, now) {
                 NodeAction::Nothing
@@ -130,6 +147,9 @@ mod tests {
             engine_ready: ready,
             last_heartbeat: hb_age_s.map(|s| now() - chrono::Duration::seconds(s)),
             restart_generation: restart,
+            last_heard: hb_age_s
+                .map(|s| now() - chrono::Duration::seconds(s))
+                .or(Some(now())),
         }
     }
 
@@ -177,10 +197,16 @@ mod tests {
                 Nothing,
             ),
             (
-                "silent for too long",
+                "quiet for a while",
+                serve(0),
+                facts(true, true, true, Some(20), 0),
+                Wait,
+            ),
+            (
+                "silent for too long: hung, or holding a stale address",
                 serve(0),
                 facts(true, true, true, Some(60), 0),
-                Wait,
+                Restart,
             ),
             (
                 "reboot requested",

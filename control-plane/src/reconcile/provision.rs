@@ -45,6 +45,8 @@ pub struct Provisioner {
     /// Per broker, the highest applied generation already passed to `user_mark_applied`,
     /// so converged brokers cost no writes. Lost on restart: marking again is harmless.
     marked_applied: parking_lot::Mutex<HashMap<BrokerId, i64>>,
+    /// When this reconciler started: agents are not blamed for silence before it.
+    started_at: chrono::DateTime<Utc>,
 }
 
 impl Provisioner {
@@ -54,6 +56,7 @@ impl Provisioner {
             provider,
             region,
             marked_applied: Default::default(),
+            started_at: Utc::now(),
         }
     }
 
@@ -124,6 +127,10 @@ impl Provisioner {
                 engine_ready: node.engine.ready,
                 last_heartbeat: node.last_heartbeat,
                 restart_generation: node.restart_generation,
+                last_heard: [node.last_heartbeat, node.started_at, Some(self.started_at)]
+                    .into_iter()
+                    .flatten()
+                    .max(),
             };
             let ready = wanted && node_ready(&facts, reboot_generation, now);
             all_ready &= ready;
@@ -148,7 +155,7 @@ impl Provisioner {
                     remaining += 1;
                 }
                 NodeAction::Restart => {
-                    tracing::info!(node = %node.id, reboot_generation, "restarting node for a reboot");
+                    tracing::info!(node = %node.id, reboot_generation, "restarting node");
                     store
                         .node_set_observed(&node.id, ObservedState::Unknown)
                         .await?;
