@@ -116,6 +116,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The fallback for store errors an operation does not handle itself: operations map
+/// the cases they expect (with Amazon MQ's messages) before this.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound {
+                attribute: None,
+                message: format!("The {what} was not found."),
+            },
+            StoreError::Constraint(_) | StoreError::VersionConflict => ApiError::Conflict {
+                attribute: None,
+                message: "The resource was changed concurrently; retry the request.".to_owned(),
+            },
+            e @ (StoreError::Corrupt(_) | StoreError::Database(_)) => ApiError::internal(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,24 +171,5 @@ mod tests {
             json,
             serde_json::json!({"errorAttribute": "brokerName", "message": "bad name"})
         );
-    }
-}
-
-/// The fallback for store errors an operation does not handle itself: operations map
-/// the cases they expect (with Amazon MQ's messages) before this.
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
-        match e {
-            StoreError::NotFound(what) => ApiError::NotFound {
-                attribute: None,
-                message: format!("The {what} was not found."),
-            },
-            StoreError::Constraint(_) | StoreError::VersionConflict => ApiError::Conflict {
-                attribute: None,
-                message: "The resource was changed concurrently; retry the request.".to_owned(),
-            },
-            e @ (StoreError::Corrupt(_) | StoreError::Database(_)) => ApiError::internal(e),
-        }
     }
 }

@@ -35,14 +35,17 @@ fn engine_filter(raw: Option<&str>) -> Result<Option<EngineType>, ApiError> {
     .transpose()
 }
 
+/// An engine type and its versions, newest first.
+pub type EngineVersions = (EngineType, Vec<&'static str>);
+
 /// `(engine type, versions newest first)` for each engine with any version.
 pub fn engine_types(
     engine: Option<&str>,
     max_results: Option<&str>,
     token: Option<&str>,
-) -> Result<(Vec<(EngineType, Vec<&'static str>)>, Option<String>, i64), ApiError> {
+) -> Result<(Vec<EngineVersions>, Option<String>, i64), ApiError> {
     let filter = engine_filter(engine)?;
-    let all: Vec<(EngineType, Vec<&'static str>)> = EngineType::ALL
+    let all: Vec<EngineVersions> = EngineType::ALL
         .iter()
         .filter(|e| filter.is_none_or(|f| f == **e))
         .map(|e| {
