@@ -377,11 +377,19 @@ pub async fn run(args: Args) -> Result<bool> {
                 .find(|m| m.scenario == name && m.broker == broker)
                 .map_or(0.0, |m| m.msgs_per_s)
         };
-        let (ours, theirs) = (rate("mooring"), rate("rabbitmq"));
-        let ratio = if theirs > 0.0 { ours / theirs } else { 0.0 };
-        println!("scenario {name} mooring {ours:.0} rabbitmq {theirs:.0} ratio {ratio:.2}");
+        println!("{}", summary_line(name, rate("mooring"), rate("rabbitmq")));
     }
     Ok(results.iter().all(|m| m.error.is_none()))
+}
+
+/// The last lines of the output, one per scenario; a broker that failed counts 0 msg/s.
+pub fn summary_line(scenario: &str, mooring: f64, rabbitmq: f64) -> String {
+    let ratio = if rabbitmq > 0.0 {
+        mooring / rabbitmq
+    } else {
+        0.0
+    };
+    format!("scenario {scenario} mooring {mooring:.0} rabbitmq {rabbitmq:.0} ratio {ratio:.2}")
 }
 
 fn cpu_model() -> String {
@@ -394,4 +402,21 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_format() {
+        assert_eq!(
+            summary_line("S1", 600_000.4, 150_000.0),
+            "scenario S1 mooring 600000 rabbitmq 150000 ratio 4.00"
+        );
+        assert_eq!(
+            summary_line("S7", 1000.0, 0.0),
+            "scenario S7 mooring 1000 rabbitmq 0 ratio 0.00"
+        );
+    }
 }
