@@ -1,9 +1,11 @@
 """Consuming: get, acks, nacks and requeue, qos, cancel, single active consumer, recover."""
 
+import time
+
 import pika
 import pytest
 
-from engine_helpers import Collector, drain, expect_channel_error, get_one, wait_count
+from engine_helpers import Collector, drain, expect_channel_error, expect_connection_error, get_one, message_count, wait_count
 
 
 def fill(ch, queue, n, prefix="m"):
@@ -281,14 +283,19 @@ def test_unacked_messages_return_when_channel_closes(conn, ch, names):
 
 
 @pytest.mark.parametrize("requeue", [True, False])
-def test_reject_after_channel_closed_messages(conn, ch, names, requeue):
-    """nack(requeue=False) without a dead-letter exchange drops the message."""
+def test_nack_single_with_and_without_requeue(conn, ch, names, requeue):
+    """nack(requeue=True) puts the message back, flagged redelivered; requeue=False without a
+    dead-letter exchange drops it."""
     queue = names()
     ch.queue_declare(queue)
     fill(ch, queue, 1)
     method, _, _ = get_one(ch, queue, auto_ack=False)
     ch.basic_nack(method.delivery_tag, requeue=requeue)
-    wait_count(ch, queue, 1 if requeue else 0)
+    if requeue:
+        assert get_one(ch, queue)[0].redelivered
+    else:
+        time.sleep(0.2)  # a requeued message would be counted by now
+        assert message_count(ch, queue) == 0
 
 
 def test_publish_is_consumed_in_order_at_volume(conn, ch, names):
@@ -317,3 +324,33 @@ def test_pika_consume_generator(conn, ch, names):
     ch.cancel()
     assert got == [b"m0", b"m1", b"m2"]
     assert isinstance(props, pika.BasicProperties)
+
+
+def test_qos_prefetch_size_is_not_implemented(conn, ch):
+    """RabbitMQ refuses a byte-based prefetch window with a connection error."""
+    expect_connection_error(
+        conn, lambda: ch.basic_qos(prefetch_size=1), 540, "NOT_IMPLEMENTED - prefetch_size!=0 (1)"
+    )
+
+
+def test_ack_with_tag_zero_and_multiple_acks_everything(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue)
+    fill(ch, queue, 3)
+    wait_count(ch, queue, 3)
+    for _ in range(3):
+        get_one(ch, queue, auto_ack=False)
+    ch.basic_ack(0, multiple=True)
+    ch.close()
+    assert message_count(conn.channel(), queue) == 0
+
+
+def test_nack_with_tag_zero_and_multiple_requeues_everything(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue)
+    fill(ch, queue, 3)
+    wait_count(ch, queue, 3)
+    for _ in range(3):
+        get_one(ch, queue, auto_ack=False)
+    ch.basic_nack(0, multiple=True, requeue=True)
+    wait_count(ch, queue, 3)

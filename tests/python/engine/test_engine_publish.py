@@ -2,11 +2,13 @@
 
 import datetime
 import decimal
+import struct
 
 import pika
 import pytest
 
 from engine_helpers import Collector, drain, get_one, message_count, wait_count
+from engine_raw import RawConnection, basic_publish_args, body_frame, content_header_frame, method_frame, shortstr
 
 
 def test_confirms_ack_every_publish(conn, ch, names):
@@ -241,3 +243,45 @@ def test_user_id_must_match_the_connection_user(conn, ch, names):
         ch.queue_declare(queue, passive=True)  # a round trip so the asynchronous close arrives
     assert info.value.reply_code == 406
     assert info.value.reply_text.startswith("PRECONDITION_FAILED - user_id property set to 'someone-else'")
+
+
+def test_header_order_and_duplicates_survive(broker, conn, ch, names):
+    """The properties are passed on as published: table key order, and even a key repeated on
+    the wire (RabbitMQ keeps both)."""
+    queue = names()
+    ch.queue_declare(queue)
+    headers = {"zeta": 1, "alpha": 2, "mid": {"z": 1, "a": 2}, "last": "x"}
+    ch.basic_publish("", queue, b"x", pika.BasicProperties(headers=headers))
+    _, props, _ = get_one(ch, queue)
+    assert list(props.headers) == ["zeta", "alpha", "mid", "last"]
+    assert list(props.headers["mid"]) == ["z", "a"]
+
+    table = shortstr("k") + b"I" + struct.pack("!i", 1) + shortstr("k") + b"I" + struct.pack("!i", 2)
+    raw_props = struct.pack("!I", len(table)) + table
+    with RawConnection(broker.host, broker.port) as c:
+        c.open()
+        c.open_channel(1)
+        c.send(method_frame(1, 60, 40, basic_publish_args("", queue)))
+        c.send(content_header_frame(1, 60, 1, flags=0x2000, props=raw_props))
+        c.send(body_frame(1, b"y"))
+        c.send(method_frame(1, 60, 70, struct.pack("!H", 0) + shortstr(queue) + b"\x01"))
+        get_ok = c.read_method()
+        assert get_ok.method == (60, 71)
+        header = c.read_method()
+        # class, weight, body size, then the property flags and list exactly as sent
+        assert header.payload[12:] == struct.pack("!H", 0x2000) + raw_props
+
+
+def test_confirm_nack_when_one_of_several_queues_rejects(conn, ch, names):
+    exchange = names("x")
+    ch.exchange_declare(exchange, "fanout")
+    roomy, full = names("roomy"), names("full")
+    ch.queue_declare(roomy)
+    ch.queue_declare(full, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    ch.queue_bind(roomy, exchange)
+    ch.queue_bind(full, exchange)
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish(exchange, "", b"m")
+    # the queue with room still got its copy
+    assert get_one(ch, roomy)[2] == b"m"

@@ -23,6 +23,7 @@ def test_zero_ttl_delivers_only_to_waiting_consumers(conn, ch, names):
     """x-message-ttl 0: delivered if a consumer can take it at once, else dropped."""
     queue = names()
     ch.queue_declare(queue, arguments={"x-message-ttl": 0})
+    ch.confirm_delivery()  # counts below then see every publish
     ch.basic_publish("", queue, b"nobody listening")
     wait_count(ch, queue, 0)
     collector = Collector(conn, ch, queue, auto_ack=True)
@@ -33,6 +34,7 @@ def test_zero_ttl_delivers_only_to_waiting_consumers(conn, ch, names):
 def test_per_message_expiration(conn, ch, names):
     queue = names()
     ch.queue_declare(queue)
+    ch.confirm_delivery()  # counts below then see every publish
     ch.basic_publish("", queue, b"expires", pika.BasicProperties(expiration="150"))
     ch.basic_publish("", queue, b"stays")
     wait_count(ch, queue, 1)
@@ -44,6 +46,7 @@ def test_per_message_expiration_lower_of_two(conn, ch, names):
     """With both a queue TTL and a per-message expiration, the lower one wins."""
     queue = names()
     ch.queue_declare(queue, arguments={"x-message-ttl": 60_000})
+    ch.confirm_delivery()  # counts below then see every publish
     ch.basic_publish("", queue, b"short", pika.BasicProperties(expiration="100"))
     wait_count(ch, queue, 0)
 
@@ -169,6 +172,7 @@ def test_dead_letter_on_max_length_drop_head(conn, ch, names):
 def test_max_length_drop_head(conn, ch, names):
     queue = names()
     ch.queue_declare(queue, arguments={"x-max-length": 3})
+    ch.confirm_delivery()  # counts below then see every publish
     for i in range(10):
         ch.basic_publish("", queue, str(i).encode())
     wait_count(ch, queue, 3)
@@ -197,6 +201,7 @@ def test_max_length_bytes(conn, ch, names):
     """Counts body bytes only: 3 bodies of 10 bytes fit in 30, a fourth drops the head."""
     queue = names()
     ch.queue_declare(queue, arguments={"x-max-length-bytes": 30})
+    ch.confirm_delivery()  # counts below then see every publish
     for i in range(4):
         ch.basic_publish("", queue, str(i).encode() * 10, pika.BasicProperties(headers={"big": "x" * 500}))
     wait_count(ch, queue, 3)
@@ -213,10 +218,11 @@ def test_max_length_bytes_reject_publish(conn, ch, names):
     assert [b for _, _, b in drain(ch, queue)] == [b"0123456789"]
 
 
-def test_max_length_zero_with_consumer(conn, ch, names):
+def test_max_length_zero_drops_everything(conn, ch, names):
     """x-max-length 0 drops everything that cannot be delivered at once."""
     queue = names()
     ch.queue_declare(queue, arguments={"x-max-length": 0})
+    ch.confirm_delivery()  # counts below then see every publish
     ch.basic_publish("", queue, b"dropped")
     wait_count(ch, queue, 0)
 
@@ -338,3 +344,47 @@ def test_inequivalent_exchange_redeclare(conn, ch, names):
 def test_invalid_queue_arguments(conn, ch, names, arguments, text):
     expect_channel_error(ch, lambda: ch.queue_declare(names(), arguments=arguments), 406, text)
     assert conn.is_open
+
+
+def test_dead_letter_cycle_of_expired_messages_is_dropped(conn, ch, names):
+    """A message that expires back into the same queue would cycle forever: RabbitMQ detects
+    the cycle (no rejection in it) and drops the message."""
+    queue = names()
+    ch.queue_declare(queue, arguments={"x-message-ttl": 50, "x-dead-letter-exchange": ""})
+    ch.confirm_delivery()  # counts below then see every publish
+    ch.basic_publish("", queue, b"cycle")
+    wait_count(ch, queue, 0)
+    time.sleep(0.3)  # the drop must be final, not one lap of the cycle
+    assert message_count(ch, queue) == 0
+
+
+def test_rejected_message_may_dead_letter_into_its_own_queue(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue, arguments={"x-dead-letter-exchange": ""})
+    ch.basic_publish("", queue, b"again")
+    method, _, _ = get_one(ch, queue, auto_ack=False)
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    _, props, body = get_one(ch, queue)
+    assert body == b"again"
+    assert_x_death(props, queue, "rejected", [queue])
+
+
+def test_requeued_message_past_its_ttl_expires(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue, arguments={"x-message-ttl": 300})
+    ch.basic_publish("", queue, b"x")
+    method, _, _ = get_one(ch, queue, auto_ack=False)
+    time.sleep(0.5)  # held unacked past its TTL
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    time.sleep(0.2)  # a requeued, unexpired message would be counted by now
+    assert message_count(ch, queue) == 0
+    assert ch.basic_get(queue)[0] is None
+
+
+def test_dead_letter_routing_key_needs_an_exchange(conn, ch, names):
+    expect_channel_error(
+        ch,
+        lambda: ch.queue_declare(names(), arguments={"x-dead-letter-routing-key": "k"}),
+        406,
+        "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key'",
+    )

@@ -112,6 +112,7 @@ def test_exchange_binding_cycle_delivers_once(conn, ch, names):
     ch.queue_declare(queue)
     ch.queue_bind(queue, a)
     ch.queue_bind(queue, b)
+    ch.confirm_delivery()  # once confirmed, every copy is enqueued
     ch.basic_publish(a, "", b"once")
     assert get_one(ch, queue)[2] == b"once"
     wait_count(ch, queue, 0)
@@ -378,6 +379,7 @@ def test_unbind_then_no_delivery(conn, ch, names):
     ch.queue_declare(queue)
     ch.queue_bind(queue, exchange, "k")
     ch.queue_bind(queue, exchange, "k")  # idempotent
+    ch.confirm_delivery()
     ch.basic_publish(exchange, "k", b"1")
     ch.queue_unbind(queue, exchange, "k")
     ch.basic_publish(exchange, "k", b"2")
@@ -403,3 +405,63 @@ def test_quorum_queue_must_be_durable(conn, ch, names):
         406,
         "PRECONDITION_FAILED - invalid property 'non-durable' for queue",
     )
+
+
+def test_redeclare_exclusive_queue_as_non_exclusive_is_resource_locked(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue, exclusive=True)
+    expect_channel_error(
+        ch,
+        lambda: ch.queue_declare(queue, exclusive=False),
+        405,
+        f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{queue}' in vhost '/'",
+    )
+
+
+def test_predeclared_exchange_with_another_type_is_inequivalent(conn, ch):
+    expect_channel_error(
+        ch,
+        lambda: ch.exchange_declare("amq.direct", "fanout"),
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'amq.direct' in vhost '/'",
+    )
+
+
+def test_topic_edge_cases(conn, ch, names):
+    """Empty words and the empty routing key, as RabbitMQ's trie matches them: the empty key
+    has no words, so patterns needing one word do not match it."""
+    exchange = names("t")
+    ch.exchange_declare(exchange, "topic")
+    patterns = ["#.#", "a.#.#.b", "*.#", "#.*", "a..b", "", "#.a", "*"]
+    queues = {}
+    for pattern in patterns:
+        q = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(q, exchange, pattern)
+        queues[pattern] = q
+    keys = ["a", "a.b", "a..b", "", "b.a", "a.x.y.b", "a.b.a"]
+    ch.confirm_delivery()
+    for key in keys:
+        ch.basic_publish(exchange, key, key.encode() or b"<empty>")
+    expected = {
+        "#.#": ["a", "a.b", "a..b", "<empty>", "b.a", "a.x.y.b", "a.b.a"],
+        "a.#.#.b": ["a.b", "a..b", "a.x.y.b"],
+        "*.#": ["a", "a.b", "a..b", "b.a", "a.x.y.b", "a.b.a"],
+        "#.*": ["a", "a.b", "a..b", "b.a", "a.x.y.b", "a.b.a"],
+        "a..b": ["a..b"],
+        "": ["<empty>"],
+        "#.a": ["a", "b.a", "a.b.a"],
+        "*": ["a"],
+    }
+    got = {p: [b.decode() for _, _, b in drain(ch, q)] for p, q in queues.items()}
+    assert got == expected
+
+
+def test_sender_selected_distribution_cc_and_bcc(conn, ch):
+    """CC and BCC headers add routing keys; BCC is removed before delivery."""
+    main, cc, bcc = (ch.queue_declare("", exclusive=True).method.queue for _ in range(3))
+    ch.confirm_delivery()
+    ch.basic_publish("", main, b"m", pika.BasicProperties(headers={"CC": [cc], "BCC": [bcc], "other": 1}))
+    for q in (main, cc, bcc):
+        _, props, body = get_one(ch, q)
+        assert body == b"m"
+        assert props.headers == {"CC": [cc], "other": 1}, q
