@@ -210,7 +210,7 @@ pub fn start_rabbitmq() -> Result<Broker> {
         format!("HOME={RABBITMQ_HOME}"),
         format!("RABBITMQ_CONF_ENV_FILE={}", env("rabbitmq-env.conf")),
         format!("RABBITMQ_NODENAME={node}"),
-        format!("RABBITMQ_NODE_IP_ADDRESS=127.0.0.1"),
+        "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1".to_string(),
         format!("RABBITMQ_NODE_PORT={amqp_port}"),
         format!("RABBITMQ_DIST_PORT={dist_port}"),
         format!("RABBITMQ_MNESIA_BASE={}", env("mnesia")),
