@@ -427,6 +427,8 @@ impl QueueLog {
             Durability::Synced => self.sync(),
             Durability::Written => {
                 self.flush()?;
+                // A failed background fsync means the disk is losing writes: stop confirming.
+                self.sync.is_synced()?;
                 Ok(SyncWaiter {
                     state: WaiterState::Done,
                 })

@@ -149,8 +149,11 @@ impl Storage {
             }
             Err(TryLockError::Error(e)) => return Err(e),
         }
-        // Make `queues/` itself durable (it may have just been created).
+        // Make `queues/` (and the data directory) durable: either may have just been created.
         File::open(&config.dir)?.sync_all()?;
+        if let Some(parent) = config.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
         let sync = sync::SyncThread::start(config.sync_interval)?;
         Ok(Storage {
             inner: Arc::new(StorageInner {
