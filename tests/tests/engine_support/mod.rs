@@ -29,7 +29,7 @@ pub async fn connect(uri: &str) -> Result<Connection> {
 /// bodies split over several frames are covered too.
 pub fn body(queue: &str, seq: u64) -> Vec<u8> {
     let mut out = format!("{queue}|{seq}|").into_bytes();
-    let pad = if seq % 97 == 0 {
+    let pad = if seq.is_multiple_of(97) {
         140 * 1024
     } else {
         (seq.wrapping_mul(7919) % 1500) as usize
@@ -48,7 +48,7 @@ pub fn properties(queue: &str, seq: u64) -> BasicProperties {
         "queue".into(),
         AMQPValue::LongString(LongString::from(queue.to_string())),
     );
-    headers.insert("even".into(), AMQPValue::Boolean(seq % 2 == 0));
+    headers.insert("even".into(), AMQPValue::Boolean(seq.is_multiple_of(2)));
     headers.insert("nested".into(), AMQPValue::FieldTable(nested));
     headers.insert(
         "list".into(),
