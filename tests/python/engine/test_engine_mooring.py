@@ -3,6 +3,7 @@ durability across a graceful restart and a SIGKILL. All marked mooring_only."""
 
 import json
 import ssl
+import struct
 import subprocess
 import urllib.request
 
@@ -10,6 +11,7 @@ import pika
 import pytest
 
 from engine_helpers import Collector, drain, get_one, wait_count
+from engine_raw import RawConnection, basic_publish_args, body_frame, content_header_frame, method_frame
 
 pytestmark = pytest.mark.mooring_only
 
@@ -238,3 +240,58 @@ def test_durable_state_survives_restart(agent_factory, stop):
         assert info.value.reply_code == 404
     finally:
         conn.close()
+
+
+# --- fsync and group commit -------------------------------------------------------------------
+
+
+def metric(agent, name):
+    _, _, text = http_get(agent, "/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def publish_pipelined_with_confirms(agent, queue, n):
+    """Sends n publishes in one write on a confirm channel and waits for every ack."""
+    host, port = agent.amqp
+    with RawConnection(host, port) as c:
+        c.open()
+        c.open_channel(1)
+        c.send(method_frame(1, 85, 10, b"\x00"))  # confirm.select
+        c.expect((85, 11))
+        one = (
+            method_frame(1, 60, 40, basic_publish_args("", queue))
+            + content_header_frame(1, 60, 4, flags=0x1000, props=b"\x02")  # delivery_mode 2
+            + body_frame(1, b"body")
+        )
+        c.send(one * n)
+        acked = 0
+        while acked < n:
+            f = c.read_method()
+            assert f.method == (60, 80), f"expected basic.ack, got {f!r}"
+            tag, multiple = struct.unpack("!QB", f.payload[4:13])
+            acked = tag if multiple & 1 else acked + 1
+        return acked
+
+
+def test_quorum_confirms_wait_for_fsync_and_share_it(agent_factory):
+    """Quorum queues confirm only after an fsync covering the message; many confirms share one
+    fsync (group commit). The background sync is set far apart so that it cannot be the one
+    counted."""
+    agent = agent_factory(extra_args=["--sync-interval-ms", "3600000"])
+    conn = connect(agent)
+    ch = conn.channel()
+    ch.queue_declare("quorum", durable=True, arguments={"x-queue-type": "quorum"})
+    conn.close()
+
+    before = metric(agent, "mooring_storage_fsyncs_total")
+    publish_pipelined_with_confirms(agent, "quorum", 1)
+    after_one = metric(agent, "mooring_storage_fsyncs_total")
+    assert after_one > before, "a quorum confirm was sent without any fsync"
+
+    n = 500
+    publish_pipelined_with_confirms(agent, "quorum", n)
+    after_many = metric(agent, "mooring_storage_fsyncs_total")
+    assert after_many - after_one < n / 5, f"{after_many - after_one} fsyncs for {n} pipelined confirms"
