@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
             get(catalog::instance_options),
         )
         .fallback(unknown_route)
+        .method_not_allowed_fallback(unknown_route)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
