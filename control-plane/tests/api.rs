@@ -946,6 +946,13 @@ async fn health_and_metrics() {
     api.get("/v1/brokers/b-00000000-0000-0000-0000-000000000000")
         .await;
     let health = api.get("/healthz").await;
+    assert!(
+        health
+            .request_id
+            .as_deref()
+            .is_some_and(|id| id.len() == 36),
+        "{health:?}"
+    );
     assert_eq!(health.status.as_u16(), 200);
     let metrics = api.get("/metrics").await;
     let text = metrics.json.as_str().expect("text").to_owned();

@@ -1,7 +1,7 @@
 //! HTTP: the public API in Amazon MQ's wire format, health and metrics. Handlers only
 //! parse and answer; the rules live in `app/`.
 //!
-//! Layers, outermost first: request tracing, latency metrics by route, then
+//! Layers, outermost first: request tracing, request ids, latency metrics by route, then
 //! authentication ([`auth::authenticate`], the seam where SigV4 goes).
 
 pub mod agent;
@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             observe::record_latency,
         ))
+        .layer(middleware::from_fn(observe::request_id))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

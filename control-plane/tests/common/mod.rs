@@ -146,6 +146,10 @@ impl TestApi {
             .await
             .expect("the router answers");
         let status = response.status();
+        let request_id = response
+            .headers()
+            .get("x-amzn-RequestId")
+            .map(|v| v.to_str().expect("ascii header").to_owned());
         let error_type = response
             .headers()
             .get("x-amzn-ErrorType")
@@ -163,6 +167,7 @@ impl TestApi {
         Reply {
             status,
             error_type,
+            request_id,
             json,
         }
     }
@@ -188,6 +193,7 @@ impl TestApi {
 pub struct Reply {
     pub status: StatusCode,
     pub error_type: Option<String>,
+    pub request_id: Option<String>,
     pub json: serde_json::Value,
 }
 
