@@ -11,7 +11,8 @@ use std::sync::{mpsc, Arc};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::segment::{self, ACK_ENTRY_BYTES, RECORD_HEADER_BYTES};
+use super::recover;
+use super::segment::{self, RECORD_HEADER_BYTES};
 use super::sync::{LogSync, SyncRequest, SyncResult, SyncThread};
 use super::{Durability, Location};
 
@@ -29,17 +30,18 @@ pub struct QueueLog {
     dir: PathBuf,
     segment_bytes: u64,
     durability: Durability,
-    /// Every segment with live records, plus the active one (the highest number). Sealed
-    /// segments leave the map once all their records are acked.
-    segments: BTreeMap<u32, Segment>,
-    /// The segment appends go to. Always present in `segments`.
-    active: u32,
+    /// The segment appends go to: the highest number. Kept out of `sealed` so that the hot
+    /// path (append, and acks of recent records) needs no map lookup.
+    active_no: u32,
+    active: Segment,
     /// Framed records appended to the active segment and not yet written. Starts at file
-    /// offset `segments[active].file_len`, always on a record boundary.
+    /// offset `active.file_len`, always on a record boundary.
     buf: Vec<u8>,
+    /// Sealed segments with live records. One leaves the map once all its records are acked.
+    sealed: BTreeMap<u32, Segment>,
     /// Segments whose `ack_buf` holds entries (each listed once).
     ack_dirty: Vec<u32>,
-    /// Fully acked sealed segments, already out of `segments`, whose files `flush` removes.
+    /// Fully acked sealed segments, already out of `sealed`, whose files `flush` removes.
     doomed: Vec<u32>,
     live_records: u64,
     live_bytes: u64,
@@ -50,18 +52,34 @@ pub struct QueueLog {
     broken: bool,
 }
 
-struct Segment {
-    file: Arc<File>,
+/// One segment's in-memory state.
+pub(super) struct Segment {
+    pub file: Arc<File>,
     /// Bytes written to the file. Records appended since sit in `QueueLog::buf`.
-    file_len: u64,
-    /// Records in the segment (written or buffered) and how many of them are acked.
-    records: u32,
-    acked: u32,
+    pub file_len: u64,
+    /// Records in the segment (written or buffered) and how many of them are acked;
+    /// `acked <= records`.
+    pub records: u32,
+    pub acked: u32,
     /// Created on the first flush that has acks for this segment.
-    ack_file: Option<Arc<File>>,
-    ack_len: u64,
+    pub ack_file: Option<Arc<File>>,
+    pub ack_len: u64,
     /// Ack entries not yet written.
-    ack_buf: Vec<u8>,
+    pub ack_buf: Vec<u8>,
+}
+
+impl Segment {
+    pub fn new(file: Arc<File>, file_len: u64, records: u32) -> Segment {
+        Segment {
+            file,
+            file_len,
+            records,
+            acked: 0,
+            ack_file: None,
+            ack_len: 0,
+            ack_buf: Vec::new(),
+        }
+    }
 }
 
 /// Resolves once every record appended before [`QueueLog::sync`] was called is fsync'd.
@@ -75,9 +93,8 @@ enum WaiterState {
 }
 
 impl QueueLog {
-    /// Opens the log in `dir` (which exists), recovering what is there: torn tails are cut,
-    /// fully acked segments removed, and a fresh active segment started. Appends never go to
-    /// a recovered segment, so stale ack entries past a cut can never name a new record.
+    /// Opens the log in `dir` (which exists), recovering what is there (see `recover`), and
+    /// starts a fresh active segment.
     pub(super) fn open(
         dir: PathBuf,
         segment_bytes: u64,
@@ -85,158 +102,34 @@ impl QueueLog {
         sync_thread: &SyncThread,
     ) -> io::Result<QueueLog> {
         let sync = Arc::new(LogSync::new(dir.clone()));
-        let mut log = QueueLog {
+        let found = recover::recover(&dir, &sync)?;
+        let active_no = next_segment(found.highest)?;
+        let active = create_segment(&dir, active_no, &sync)?;
+        sync_thread.register(&sync);
+        Ok(QueueLog {
             dir,
             segment_bytes,
             durability,
-            segments: BTreeMap::new(),
-            active: 0,
+            active_no,
+            active,
             buf: Vec::new(),
+            sealed: found.sealed,
             ack_dirty: Vec::new(),
             doomed: Vec::new(),
-            live_records: 0,
-            live_bytes: 0,
+            live_records: found.live_records,
+            live_bytes: found.live_bytes,
             sync,
             sync_tx: sync_thread.sender(),
             broken: false,
-        };
-        let highest = log.recover()?;
-        let active = highest
-            .checked_add(1)
-            .ok_or_else(|| io::Error::other("segment numbers exhausted"))?;
-        log.start_segment(active)?;
-        sync_thread.register(&log.sync);
-        Ok(log)
+        })
     }
 
-    /// Loads every segment on disk; returns the highest segment number seen (0 if none).
-    fn recover(&mut self) -> io::Result<u32> {
-        let mut segs = Vec::new();
-        let mut acks = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            match name.to_str().and_then(segment::parse_file_name) {
-                Some((n, false)) => segs.push(n),
-                Some((n, true)) => acks.push(n),
-                None => {}
-            }
+    fn segment(&self, n: u32) -> Option<&Segment> {
+        if n == self.active_no {
+            Some(&self.active)
+        } else {
+            self.sealed.get(&n)
         }
-        segs.sort_unstable();
-        let highest = segs.iter().chain(&acks).copied().max().unwrap_or(0);
-        // An ack file without its segment is what a crash between the two unlinks leaves.
-        for n in acks.iter().filter(|n| segs.binary_search(n).is_err()) {
-            remove_if_exists(&segment::ack_path(&self.dir, *n))?;
-            self.sync.mark_dir();
-        }
-        for n in segs {
-            self.recover_segment(n)?;
-        }
-        Ok(highest)
-    }
-
-    fn recover_segment(&mut self, n: u32) -> io::Result<()> {
-        let path = segment::segment_path(&self.dir, n);
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let len = file.metadata()?.len();
-        let ack_path = segment::ack_path(&self.dir, n);
-        let acked_offsets = segment::read_acks(&ack_path, &[])?;
-        let (mut records, mut acked, mut live_bytes) = (0u32, 0u32, 0u64);
-        let mut next_ack = acked_offsets.iter().peekable();
-        let end = segment::walk_records(&file, len, |offset, payload| {
-            records += 1;
-            // Both ascend, so a merge walk matches acks to records; entries naming no record
-            // (torn away, or garbage that passed the CRC) are skipped over.
-            while next_ack.next_if(|a| **a < offset).is_some() {}
-            if next_ack.next_if(|a| **a == offset).is_some() {
-                acked += 1;
-            } else {
-                live_bytes += payload.len() as u64;
-            }
-            Ok(())
-        })?;
-        if end.damaged {
-            tracing::warn!(
-                segment = %path.display(),
-                intact_bytes = end.intact_bytes,
-                file_bytes = len,
-                "torn or corrupt segment tail: truncating at the last intact record"
-            );
-            file.set_len(end.intact_bytes)?;
-            file.sync_data()?;
-        }
-        if acked == records {
-            // Nothing live: the whole segment goes (an empty one too, e.g. the fresh active
-            // segment of a run that wrote nothing).
-            remove_if_exists(&path)?;
-            remove_if_exists(&ack_path)?;
-            self.sync.mark_dir();
-            return Ok(());
-        }
-        let (ack_file, ack_len) = match OpenOptions::new().read(true).write(true).open(&ack_path) {
-            Ok(f) => {
-                // Cut a torn partial entry so that new entries stay aligned.
-                let len = f.metadata()?.len();
-                let aligned = len - len % ACK_ENTRY_BYTES as u64;
-                if aligned != len {
-                    f.set_len(aligned)?;
-                    f.sync_data()?;
-                }
-                (Some(Arc::new(f)), aligned)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, 0),
-            Err(e) => return Err(e),
-        };
-        self.live_records += u64::from(records - acked);
-        self.live_bytes += live_bytes;
-        self.sync
-            .bytes_on_disk
-            .fetch_add(end.intact_bytes + ack_len, Ordering::Relaxed);
-        self.sync.segments.fetch_add(1, Ordering::Relaxed);
-        self.segments.insert(
-            n,
-            Segment {
-                file: Arc::new(file),
-                file_len: end.intact_bytes,
-                records,
-                acked,
-                ack_file,
-                ack_len,
-                ack_buf: Vec::new(),
-            },
-        );
-        Ok(())
-    }
-
-    /// Creates segment `n` and makes it the active one.
-    fn start_segment(&mut self, n: u32) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(segment::segment_path(&self.dir, n))?;
-        self.sync.mark_dir();
-        self.sync.segments.fetch_add(1, Ordering::Relaxed);
-        self.segments.insert(
-            n,
-            Segment {
-                file: Arc::new(file),
-                file_len: 0,
-                records: 0,
-                acked: 0,
-                ack_file: None,
-                ack_len: 0,
-                ack_buf: Vec::new(),
-            },
-        );
-        self.active = n;
-        Ok(())
-    }
-
-    fn active_segment(&mut self) -> &mut Segment {
-        self.segments
-            .get_mut(&self.active)
-            .expect("the active segment is always in the map")
     }
 
     fn check_usable(&self) -> io::Result<()> {
@@ -260,19 +153,19 @@ impl QueueLog {
             ));
         }
         let framed = RECORD_HEADER_BYTES + len;
-        let active_len = self.active_segment().file_len + self.buf.len() as u64;
+        let active_len = self.active.file_len + self.buf.len() as u64;
         if active_len > 0 && active_len + framed > self.segment_bytes {
             self.roll()?;
         }
-        let offset = self.active_segment().file_len + self.buf.len() as u64;
+        let offset = self.active.file_len + self.buf.len() as u64;
         let location = Location {
-            segment: self.active,
+            segment: self.active_no,
             offset: u32::try_from(offset)
                 .expect("offsets stay below MAX_SEGMENT_BYTES + MAX_RECORD_BYTES"),
             len: len as u32,
         };
         segment::encode_record(&mut self.buf, record);
-        self.active_segment().records += 1;
+        self.active.records += 1;
         self.live_records += 1;
         self.live_bytes += len;
         if self.buf.len() >= AUTO_FLUSH_BYTES {
@@ -284,23 +177,17 @@ impl QueueLog {
     /// Seals the active segment (writing out its buffer) and starts the next one.
     fn roll(&mut self) -> io::Result<()> {
         self.write_active()?;
-        let sealed = self.active;
-        let next = sealed
-            .checked_add(1)
-            .ok_or_else(|| io::Error::other("segment numbers exhausted"))?;
-        self.start_segment(next)?;
-        let seg = &self.segments[&sealed];
-        if seg.acked == seg.records {
-            self.doom(sealed);
+        let next_no = next_segment(self.active_no)?;
+        let next = create_segment(&self.dir, next_no, &self.sync)?;
+        let sealed = std::mem::replace(&mut self.active, next);
+        let sealed_no = std::mem::replace(&mut self.active_no, next_no);
+        if sealed.acked == sealed.records {
+            // The files stay until `flush` removes them (no syscalls on this path).
+            self.doomed.push(sealed_no);
+        } else {
+            self.sealed.insert(sealed_no, sealed);
         }
         Ok(())
-    }
-
-    fn doom(&mut self, n: u32) {
-        // The files stay until `flush` removes them (no syscalls in `ack`).
-        if self.segments.remove(&n).is_some() {
-            self.doomed.push(n);
-        }
     }
 
     /// Records that the message at `loc` is acked (buffered like appends). Once every record of
@@ -308,7 +195,13 @@ impl QueueLog {
     /// twice is a caller error; acking one whose segment is gone reports `NotFound`.
     pub fn ack(&mut self, loc: Location) -> io::Result<()> {
         self.check_usable()?;
-        let Some(seg) = self.segments.get_mut(&loc.segment) else {
+        let is_active = loc.segment == self.active_no;
+        let seg = if is_active {
+            Some(&mut self.active)
+        } else {
+            self.sealed.get_mut(&loc.segment)
+        };
+        let Some(seg) = seg else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "ack of a record whose segment is gone",
@@ -328,8 +221,10 @@ impl QueueLog {
         let fully_acked = seg.acked == seg.records;
         self.live_records -= 1;
         self.live_bytes = self.live_bytes.saturating_sub(u64::from(loc.len));
-        if fully_acked && loc.segment != self.active {
-            self.doom(loc.segment);
+        if fully_acked && !is_active {
+            // The files stay until `flush` removes them (no syscalls in `ack`).
+            self.sealed.remove(&loc.segment);
+            self.doomed.push(loc.segment);
         }
         Ok(())
     }
@@ -340,7 +235,12 @@ impl QueueLog {
         self.check_usable()?;
         self.write_active()?;
         while let Some(&n) = self.ack_dirty.last() {
-            if let Some(seg) = self.segments.get_mut(&n) {
+            let seg = if n == self.active_no {
+                Some(&mut self.active)
+            } else {
+                self.sealed.get_mut(&n)
+            };
+            if let Some(seg) = seg {
                 write_acks(&self.dir, n, seg, &self.sync, &mut self.broken)?;
             }
             self.ack_dirty.pop();
@@ -357,11 +257,7 @@ impl QueueLog {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let active = self.active;
-        let seg = self
-            .segments
-            .get_mut(&active)
-            .expect("the active segment is always in the map");
+        let seg = &mut self.active;
         if let Err(e) = seg.file.write_all_at(&self.buf, seg.file_len) {
             // Undo a partial write so the file ends on a record boundary again; the buffer is
             // kept, so a later flush may succeed. If even that fails, the tail is unknown.
@@ -438,7 +334,7 @@ impl QueueLog {
 
     /// Reads one record back (for bodies not kept in memory). Reads buffered data too.
     pub fn read(&self, loc: Location) -> io::Result<Bytes> {
-        let seg = self.segments.get(&loc.segment).ok_or_else(|| {
+        let seg = self.segment(loc.segment).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 "read of a record whose segment is gone",
@@ -446,7 +342,7 @@ impl QueueLog {
         })?;
         let offset = u64::from(loc.offset);
         let framed = (RECORD_HEADER_BYTES + u64::from(loc.len)) as usize;
-        if loc.segment == self.active && offset >= seg.file_len {
+        if loc.segment == self.active_no && offset >= seg.file_len {
             let start = (offset - seg.file_len) as usize;
             let bytes = self
                 .buf
@@ -466,7 +362,8 @@ impl QueueLog {
     /// Streams the live (unacked) records in append order, for recovery at start-up. Memory
     /// stays bounded: each record is handed to `f` and then dropped.
     pub fn scan(&self, f: &mut dyn FnMut(Location, &[u8])) -> io::Result<()> {
-        for (&n, seg) in &self.segments {
+        let active = std::iter::once((&self.active_no, &self.active));
+        for (&n, seg) in self.sealed.iter().chain(active) {
             let acked = segment::read_acks(&segment::ack_path(&self.dir, n), &seg.ack_buf)?;
             let mut next_ack = acked.iter().peekable();
             let mut visit = |offset: u32, payload: &[u8]| {
@@ -491,7 +388,7 @@ impl QueueLog {
                     "segment changed on disk after recovery",
                 ));
             }
-            if n == self.active {
+            if n == self.active_no {
                 let mut pos = 0usize;
                 while pos < self.buf.len() {
                     let len =
@@ -567,7 +464,24 @@ fn write_acks(
     Ok(())
 }
 
-fn remove_if_exists(path: &Path) -> io::Result<()> {
+fn next_segment(n: u32) -> io::Result<u32> {
+    n.checked_add(1)
+        .ok_or_else(|| io::Error::other("segment numbers exhausted"))
+}
+
+/// Creates the file of segment `n` (new, empty).
+fn create_segment(dir: &Path, n: u32, sync: &LogSync) -> io::Result<Segment> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(segment::segment_path(dir, n))?;
+    sync.mark_dir();
+    sync.segments.fetch_add(1, Ordering::Relaxed);
+    Ok(Segment::new(Arc::new(file), 0, 0))
+}
+
+pub(super) fn remove_if_exists(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

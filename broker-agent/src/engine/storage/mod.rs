@@ -19,6 +19,7 @@
 
 mod definitions;
 mod log;
+mod recover;
 mod segment;
 mod sync;
 
