@@ -1,5 +1,5 @@
 //! `mooring-agent`: one broker node. `standalone` runs the engine alone (development, tests,
-//! benchmarks).
+//! benchmarks); `run` serves a node managed by the control plane.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

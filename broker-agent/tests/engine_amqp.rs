@@ -437,3 +437,92 @@ async fn silent_client_is_dropped_by_heartbeat() {
     .await;
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn backlog_beyond_the_memory_budget_is_paged_to_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget = 64 * 1024;
+    let start = |dir: std::path::PathBuf| async move {
+        let mut c = support::config(&dir);
+        c.body_memory_budget_bytes = budget;
+        Engine::start(c).await.expect("start")
+    };
+    let paged = |e: &Engine| {
+        let s = &e.broker().stats;
+        (
+            s.paged_out.load(std::sync::atomic::Ordering::Relaxed),
+            s.message_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let engine = start(dir.path().to_owned()).await;
+    let conn = connect(&engine).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("big".into(), durable(), FieldTable::default())
+        .await
+        .expect("declare");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    const N: usize = 1000;
+    let body = |i: usize| {
+        let mut b = format!("{i:08}").into_bytes();
+        b.resize(1024, (i % 251) as u8);
+        b
+    };
+    let mut pending = Vec::new();
+    for i in 0..N {
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                "big".into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for p in pending {
+        p.await.expect("confirm");
+    }
+    let (out, resident) = paged(&engine);
+    assert!(out > 800, "most bodies paged out: {out}");
+    assert!(
+        resident <= budget as i64 + 2048,
+        "resident {resident} within budget"
+    );
+    conn.close(200, "bye".into()).await.expect("close");
+    engine.shutdown().await;
+    drop(engine);
+
+    // After a restart the backlog is recovered without loading every body.
+    let engine = start(dir.path().to_owned()).await;
+    let (out, resident) = paged(&engine);
+    assert!(out > 800, "recovery keeps bodies on disk: {out}");
+    assert!(resident <= budget as i64, "resident {resident}");
+    let conn = connect(&engine).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = ch
+        .basic_consume(
+            "big".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for i in 0..N {
+        let d = tokio::time::timeout(STEP, consumer.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("delivery");
+        assert_eq!(d.data, body(i), "message {i} intact and in order");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    engine.shutdown().await;
+}

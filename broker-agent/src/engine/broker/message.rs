@@ -5,9 +5,9 @@
 //! headers reach consumers byte for byte. Only the few properties a feature needs are read
 //! from it, by [`PropsView`], without building amq-protocol's property struct.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// A message as routed.
 #[derive(Debug)]
@@ -26,8 +26,6 @@ pub struct Message {
     pub user_id: Option<String>,
     /// The headers may hold `CC` / `BCC` routing keys (sender-selected distribution).
     pub may_have_cc: bool,
-    /// The log record, encoded once however many durable queues store the message.
-    record: OnceLock<Bytes>,
 }
 
 const RECORD_VERSION: u8 = 1;
@@ -50,7 +48,6 @@ impl Message {
             may_have_cc,
             header,
             body,
-            record: OnceLock::new(),
         }
     }
 
@@ -59,23 +56,30 @@ impl Message {
         self.body.len() as u64
     }
 
-    /// `version u8, exchange short str, routing key short str, header len u32, header, body`.
-    pub fn record(&self) -> &Bytes {
-        self.record.get_or_init(|| {
-            let mut b = BytesMut::with_capacity(
-                8 + self.exchange.len()
-                    + self.routing_key.len()
-                    + self.header.len()
-                    + self.body.len(),
-            );
-            b.extend_from_slice(&[RECORD_VERSION]);
-            put_short(&mut b, &self.exchange);
-            put_short(&mut b, &self.routing_key);
-            b.extend_from_slice(&(self.header.len() as u32).to_be_bytes());
-            b.extend_from_slice(&self.header);
-            b.extend_from_slice(&self.body);
-            b.freeze()
-        })
+    /// Appends the log record: `version u8, exchange short str, routing key short str,
+    /// header len u32, header, body`. Not cached: a copy per message would double its memory.
+    pub fn encode_record(&self, b: &mut Vec<u8>) {
+        b.reserve(
+            8 + self.exchange.len() + self.routing_key.len() + self.header.len() + self.body.len(),
+        );
+        b.push(RECORD_VERSION);
+        put_short(b, &self.exchange);
+        put_short(b, &self.routing_key);
+        b.extend_from_slice(&(self.header.len() as u32).to_be_bytes());
+        b.extend_from_slice(&self.header);
+        b.extend_from_slice(&self.body);
+    }
+
+    /// The body length of a log record, without decoding it.
+    pub fn record_body_len(rec: &[u8]) -> Option<u64> {
+        let (&ver, rest) = rec.split_first()?;
+        if ver != RECORD_VERSION {
+            return None;
+        }
+        let (_, rest) = get_short(rest)?;
+        let (_, rest) = get_short(rest)?;
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        Some(rest.len().checked_sub(4 + len)? as u64)
     }
 
     /// Decodes a log record; `None` if it is not one of ours (the caller logs and skips it).
@@ -107,9 +111,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn put_short(b: &mut BytesMut, s: &str) {
+fn put_short(b: &mut Vec<u8>, s: &str) {
     let s = &s.as_bytes()[..s.len().min(255)];
-    b.extend_from_slice(&[s.len() as u8]);
+    b.push(s.len() as u8);
     b.extend_from_slice(s);
 }
 
@@ -244,7 +248,9 @@ mod tests {
         let m = Message::new("ex".into(), "rk".into(), h, Bytes::from_static(b"abc"));
         assert!(m.persistent);
         assert_eq!(m.expiration_ms, Some(1500));
-        let back = Message::from_record(m.record()).expect("decodes");
+        let mut rec = Vec::new();
+        m.encode_record(&mut rec);
+        let back = Message::from_record(&rec).expect("decodes");
         assert_eq!(back.header, m.header);
         assert_eq!(back.body, m.body);
         assert_eq!(&*back.routing_key, "rk");

@@ -115,6 +115,10 @@ impl Broker {
             memory_alarm: AtomicBool::new(false),
             disk_alarm: AtomicBool::new(false),
         });
+        broker.stats.body_budget.store(
+            i64::try_from(broker.config.body_memory_budget_bytes).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         broker.ensure_vhosts(defs.as_ref().map(|d| d.vhosts.as_slice()).unwrap_or(&[]));
         if let Some(d) = &defs {
             broker.restore(d)?;

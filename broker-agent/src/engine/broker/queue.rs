@@ -29,6 +29,35 @@ pub struct Entry {
     pub expires_at: Option<u64>,
 }
 
+thread_local! {
+    /// Reused buffer for encoding log records (one per worker thread).
+    static RECORD_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An entry as the ready list holds it: the body may be paged out to the queue log.
+struct Stored {
+    seq: u64,
+    /// None once paged out: read back from `loc` on delivery.
+    msg: Option<Arc<Message>>,
+    loc: Option<Location>,
+    size: u64,
+    redelivered: bool,
+    expires_at: Option<u64>,
+}
+
+impl Stored {
+    fn from_entry(e: Entry) -> Stored {
+        Stored {
+            seq: e.seq,
+            size: e.msg.size(),
+            msg: Some(e.msg),
+            loc: e.loc,
+            redelivered: e.redelivered,
+            expires_at: e.expires_at,
+        }
+    }
+}
+
 /// Why a message left its queue without being acked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeathReason {
@@ -88,7 +117,7 @@ pub struct Queue {
 }
 
 struct QueueState {
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Stored>,
     ready_bytes: u64,
     unacked: u64,
     consumers: Vec<Consumer>,
@@ -164,20 +193,38 @@ impl Queue {
         };
         let mut n = 0u64;
         let mut bad = 0u64;
-        let mut entries = Vec::new();
-        log.scan(&mut |loc, rec| match Message::from_record(rec) {
-            Some(m) => entries.push((loc, m)),
-            None => bad += 1,
+        let budget = self.stats.body_budget.load(Ordering::Relaxed);
+        let mut resident_bytes = self.stats.message_bytes.load(Ordering::Relaxed);
+        // (location, body in memory or paged out, body size)
+        let mut entries: Vec<(Location, Option<Message>, u64)> = Vec::new();
+        log.scan(&mut |loc, rec| {
+            let Some(size) = Message::record_body_len(rec) else {
+                bad += 1;
+                return;
+            };
+            // A large backlog is not loaded into memory: bodies beyond the budget stay on disk.
+            if budget > 0 && resident_bytes + size as i64 > budget {
+                entries.push((loc, None, size));
+                return;
+            }
+            match Message::from_record(rec) {
+                Some(m) => {
+                    resident_bytes += size as i64;
+                    entries.push((loc, Some(m), size));
+                }
+                None => bad += 1,
+            }
         })?;
         if bad > 0 {
             tracing::warn!(queue = %self.name, bad, "skipped undecodable log records");
         }
-        for (loc, m) in entries {
-            let size = m.size();
-            st.ready.push_back(Entry {
+        for (loc, m, size) in entries {
+            let resident = m.is_some();
+            st.ready.push_back(Stored {
                 seq: st.next_seq,
-                msg: Arc::new(m),
+                msg: m.map(Arc::new),
                 loc: Some(loc),
+                size,
                 redelivered: false,
                 // TTLs restart from recovery: RabbitMQ keeps no wall-clock expiry either.
                 expires_at: None,
@@ -185,7 +232,11 @@ impl Queue {
             st.next_seq += 1;
             st.ready_bytes += size;
             Stats::add(&self.stats.ready, 1);
-            Stats::add(&self.stats.message_bytes, size as i64);
+            if resident {
+                Stats::add(&self.stats.message_bytes, size as i64);
+            } else {
+                Stats::add(&self.stats.paged_out, 1);
+            }
             n += 1;
         }
         Ok(n)
@@ -214,7 +265,16 @@ impl Queue {
             }
         }
         let loc = match st.log.as_mut() {
-            Some(log) if msg.persistent => Some(log.append(msg.record())?),
+            Some(log) if msg.persistent => Some(RECORD_SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                scratch.clear();
+                msg.encode_record(&mut scratch);
+                let loc = log.append(&scratch);
+                if scratch.capacity() > 1024 * 1024 {
+                    *scratch = Vec::new(); // do not pin the largest message's size per thread
+                }
+                loc
+            })?),
             _ => None,
         };
         let ttl = match (self.args.message_ttl_ms, msg.expiration_ms) {
@@ -223,10 +283,11 @@ impl Queue {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(Entry {
+        st.ready.push_back(Stored {
             seq,
-            msg: msg.clone(),
+            msg: Some(msg.clone()),
             loc,
+            size,
             redelivered: false,
             expires_at: ttl.map(|t| now_ms.saturating_add(t)),
         });
@@ -247,15 +308,15 @@ impl Queue {
             if !(over_len || over_bytes) {
                 break;
             }
-            match st.pop_ready(&self.stats) {
-                Some(e) => {
-                    st.forget(&self.stats, &e);
-                    dead.entries.push((e, DeathReason::MaxLen));
-                }
-                None => break,
+            if !st.drop_head(self, DeathReason::MaxLen, &mut dead) {
+                break;
             }
         }
         st.dispatch(self, now_ms, &mut dead);
+        // Over the memory budget, the new message's body lives on in the log only.
+        if self.stats.over_budget() {
+            st.page_out_tail(&self.stats);
+        }
         Ok(Pushed::Enqueued { dead })
     }
 
@@ -283,7 +344,7 @@ impl Queue {
     pub fn expire(self: &Arc<Self>, now_ms: u64) -> Dead {
         let mut dead = Dead::none();
         let mut st = self.state.lock();
-        st.expire_head(&self.stats, now_ms, &mut dead);
+        st.expire_head(self, now_ms, &mut dead);
         dead
     }
 
@@ -298,8 +359,8 @@ impl Queue {
     ) -> Option<(u64, Arc<Message>, bool, u32)> {
         let mut st = self.state.lock();
         st.last_used_ms = now_ms;
-        st.expire_head(&self.stats, now_ms, dead);
-        let mut entry = st.pop_ready(&self.stats)?;
+        st.expire_head(self, now_ms, dead);
+        let mut entry = st.pop_ready(self)?;
         let remaining = st.ready.len() as u32;
         let msg = entry.msg.clone();
         let redelivered = entry.redelivered;
@@ -364,12 +425,12 @@ impl Queue {
         }
         for mut e in entries {
             e.redelivered = true;
-            let size = e.msg.size();
-            let at = st.ready.partition_point(|x| x.seq < e.seq);
-            st.ready.insert(at, e);
-            st.ready_bytes += size;
+            let stored = Stored::from_entry(e);
+            let at = st.ready.partition_point(|x| x.seq < stored.seq);
+            st.ready_bytes += stored.size;
+            st.ready.insert(at, stored);
             Stats::add(&self.stats.ready, 1);
-            // The message memory was never released while unacked.
+            // The body stayed resident (and counted) while unacked.
         }
         st.dispatch(self, now_ms, &mut dead);
         dead
@@ -436,8 +497,9 @@ impl Queue {
     pub fn purge(&self) -> u64 {
         let mut st = self.state.lock();
         let mut n = 0;
-        while let Some(e) = st.pop_ready(&self.stats) {
-            st.forget(&self.stats, &e);
+        // Bounded by the queue length; paged-out bodies are not read back just to drop them.
+        while let Some(s) = st.pop_stored(&self.stats) {
+            st.forget_stored(&self.stats, &s);
             n += 1;
         }
         n
@@ -449,11 +511,18 @@ impl Queue {
         let mut st = self.state.lock();
         self.deleted.store(true, Ordering::Release);
         let n = st.ready.len() as u64;
-        let bytes = st.ready_bytes;
+        let resident: u64 = st
+            .ready
+            .iter()
+            .filter(|s| s.msg.is_some())
+            .map(|s| s.size)
+            .sum();
+        let paged = st.ready.iter().filter(|s| s.msg.is_none()).count();
         st.ready.clear();
         st.ready_bytes = 0;
         Stats::add(&self.stats.ready, -(n as i64));
-        Stats::add(&self.stats.message_bytes, -(bytes as i64));
+        Stats::add(&self.stats.message_bytes, -(resident as i64));
+        Stats::add(&self.stats.paged_out, -(paged as i64));
         // Unacked entries stay with their channels; acking them later releases their bytes.
         let consumers = std::mem::take(&mut st.consumers);
         (n, consumers, st.log.take())
@@ -471,17 +540,81 @@ impl Queue {
 }
 
 impl QueueState {
-    fn pop_ready(&mut self, stats: &Stats) -> Option<Entry> {
-        let e = self.ready.pop_front()?;
-        self.ready_bytes -= e.msg.size();
+    /// Removes the head as stored (body possibly paged out).
+    fn pop_stored(&mut self, stats: &Stats) -> Option<Stored> {
+        let s = self.ready.pop_front()?;
+        self.ready_bytes -= s.size;
         Stats::add(&stats.ready, -1);
-        Some(e)
+        Some(s)
+    }
+
+    /// Removes the head with its body in memory (read back from the log if paged out). A
+    /// record that cannot be read is dropped with a warning.
+    fn pop_ready(&mut self, q: &Queue) -> Option<Entry> {
+        // Bounded by the queue length: each iteration removes one entry.
+        loop {
+            let s = self.pop_stored(&q.stats)?;
+            if let Some(msg) = s.msg {
+                return Some(Entry {
+                    seq: s.seq,
+                    msg,
+                    loc: s.loc,
+                    redelivered: s.redelivered,
+                    expires_at: s.expires_at,
+                });
+            }
+            Stats::add(&q.stats.paged_out, -1);
+            let read = match (s.loc, self.log.as_ref()) {
+                (Some(loc), Some(log)) => log.read(loc).ok().and_then(|r| Message::from_record(&r)),
+                _ => None,
+            };
+            match read {
+                Some(m) => {
+                    Stats::add(&q.stats.message_bytes, s.size as i64);
+                    return Some(Entry {
+                        seq: s.seq,
+                        msg: Arc::new(m),
+                        loc: s.loc,
+                        redelivered: s.redelivered,
+                        expires_at: s.expires_at,
+                    });
+                }
+                None => {
+                    tracing::error!(queue = %q.name, loc = ?s.loc, "cannot read a paged-out message back; dropping it");
+                    self.forget_stored(&q.stats, &s);
+                }
+            }
+        }
+    }
+
+    /// Drops the body of the newest ready message from memory if the log holds it.
+    fn page_out_tail(&mut self, stats: &Stats) {
+        if let Some(s) = self.ready.back_mut() {
+            if s.loc.is_some() && s.msg.is_some() {
+                s.msg = None;
+                Stats::add(&stats.message_bytes, -(s.size as i64));
+                Stats::add(&stats.paged_out, 1);
+            }
+        }
     }
 
     /// The entry leaves the queue for good: its log record is acked and its memory released.
     fn forget(&mut self, stats: &Stats, e: &Entry) {
         Stats::add(&stats.message_bytes, -(e.msg.size() as i64));
-        if let (Some(loc), Some(log)) = (e.loc, self.log.as_mut()) {
+        self.ack_loc(e.loc);
+    }
+
+    fn forget_stored(&mut self, stats: &Stats, s: &Stored) {
+        if s.msg.is_some() {
+            Stats::add(&stats.message_bytes, -(s.size as i64));
+        } else {
+            Stats::add(&stats.paged_out, -1);
+        }
+        self.ack_loc(s.loc);
+    }
+
+    fn ack_loc(&mut self, loc: Option<Location>) {
+        if let (Some(loc), Some(log)) = (loc, self.log.as_mut()) {
             if let Err(err) = log.ack(loc) {
                 // The message may come back after a restart; that is the at-least-once side.
                 tracing::warn!(error = %err, "recording an ack in the queue log failed");
@@ -489,21 +622,43 @@ impl QueueState {
         }
     }
 
-    fn expire_head(&mut self, stats: &Stats, now_ms: u64, dead: &mut Dead) {
+    /// Removes the head for `reason`; its body is read back only if it will be dead-lettered.
+    fn drop_head(&mut self, q: &Queue, reason: DeathReason, dead: &mut Dead) -> bool {
+        if q.args.dead_letter_exchange.is_some() {
+            match self.pop_ready(q) {
+                Some(e) => {
+                    self.forget(&q.stats, &e);
+                    dead.entries.push((e, reason));
+                    true
+                }
+                None => false,
+            }
+        } else {
+            match self.pop_stored(&q.stats) {
+                Some(s) => {
+                    self.forget_stored(&q.stats, &s);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    fn expire_head(&mut self, q: &Queue, now_ms: u64, dead: &mut Dead) {
+        // Bounded by the queue length: each iteration removes one entry.
         while self
             .ready
             .front()
             .is_some_and(|e| e.expires_at.is_some_and(|t| t < now_ms))
         {
-            if let Some(e) = self.pop_ready(stats) {
-                self.forget(stats, &e);
-                dead.entries.push((e, DeathReason::Expired));
+            if !self.drop_head(q, DeathReason::Expired, dead) {
+                break;
             }
         }
     }
 
     fn dispatch(&mut self, q: &Arc<Queue>, now_ms: u64, dead: &mut Dead) {
-        self.expire_head(&q.stats, now_ms, dead);
+        self.expire_head(q, now_ms, dead);
         if self.consumers.is_empty() || self.ready.is_empty() {
             return;
         }
@@ -514,9 +669,10 @@ impl QueueState {
             self.consumers.len()
         };
         let mut refused_in_a_row = 0;
+        // Each iteration delivers one message or counts one refusal; n refusals in a row end it.
         while refused_in_a_row < n {
-            self.expire_head(&q.stats, now_ms, dead);
-            let Some(entry) = self.pop_ready(&q.stats) else {
+            self.expire_head(q, now_ms, dead);
+            let Some(entry) = self.pop_ready(q) else {
                 break;
             };
             let i = self.next_consumer % n;
@@ -535,9 +691,10 @@ impl QueueState {
                 }
                 Offer::Refused(e) => {
                     refused_in_a_row += 1;
-                    self.ready_bytes += e.msg.size();
+                    let s = Stored::from_entry(e);
+                    self.ready_bytes += s.size;
                     Stats::add(&q.stats.ready, 1);
-                    self.ready.push_front(e);
+                    self.ready.push_front(s);
                 }
             }
         }
