@@ -175,6 +175,11 @@ impl Agent {
         }
     }
 
+    /// The agent's combined stdout and stderr over all its restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// The last few kilobytes of the agent's combined stdout and stderr, for failure messages.
     pub fn log_tail(&self) -> String {
         let Ok(text) = std::fs::read_to_string(&self.log_path) else {
