@@ -15,7 +15,8 @@ use crate::client::{close_error, Client, CHANNEL};
 use crate::publisher::wall_clock_ns;
 use crate::stats::Histogram;
 use crate::wire::{
-    body_timestamp, deliver_tag, encode_method, FrameReader, FRAME_BODY, FRAME_METHOD,
+    body_timestamp, deliver_tag, encode_method, write_unless_stopped, FrameReader, FRAME_BODY,
+    FRAME_METHOD,
 };
 
 /// How long a read waits before re-checking the stop flag and flushing a partial ack.
@@ -160,7 +161,12 @@ async fn consume_loop(
             }
         }
         if !out.is_empty() {
-            write.write_all(&out).await.context("writing acks")?;
+            if !write_unless_stopped(write, &out, stop)
+                .await
+                .context("writing acks")?
+            {
+                return Ok(());
+            }
             out.clear();
         }
         if stop.load(Ordering::Relaxed)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use amq_protocol::protocol::{basic, AMQPClass};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::client::{close_error, Client, CHANNEL};
-use crate::wire::{encode_method, FrameReader, PublishTemplate, FRAME_METHOD};
+use crate::wire::{
+    encode_method, write_unless_stopped, FrameReader, PublishTemplate, FRAME_METHOD,
+};
 
 /// Bytes gathered before one write: large enough to amortise the syscall, small enough
 /// that the broker sees a steady stream.
@@ -152,10 +154,10 @@ async fn publish_loop(
         for i in 0..allowed {
             spec.template.append(&mut out, now, seq + i);
         }
-        write
-            .write_all(&out)
-            .await
-            .context("writing to the broker")?;
+        if !write_unless_stopped(write, &out, stop).await? {
+            // Stopped mid-batch: those messages do not count as published.
+            return Ok(());
+        }
         seq += allowed;
         published.store(seq, Ordering::Relaxed);
         result.published = seq;

@@ -9,7 +9,10 @@ use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext}
 use amq_protocol::protocol::{basic, parse_class, AMQPClass, BasicProperties};
 use amq_protocol::types::ChannelId;
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const FRAME_METHOD: u8 = 1;
 pub const FRAME_HEADER: u8 = 2;
@@ -23,6 +26,8 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + 1;
 /// Refuse frames larger than this whatever the broker says: a bound on our memory.
 const MAX_FRAME: usize = 16 << 20;
 const READ_CHUNK: usize = 256 << 10;
+/// How long a blocked write waits before re-checking the stop flag.
+const WRITE_POLL: Duration = Duration::from_millis(20);
 
 /// One frame borrowed from the read buffer.
 #[derive(Debug)]
@@ -122,6 +127,28 @@ impl FrameReader {
         self.end += n;
         Ok(n > 0)
     }
+}
+
+/// Writes all of `buf` unless `stop` is set while the broker is not reading (RabbitMQ's
+/// flow control blocks a publisher's socket for seconds): Ok(true) when all was written,
+/// Ok(false) when it gave up because of `stop`. Uses `write`, which is cancel-safe, under
+/// a short timeout, so that a blocked socket never keeps the run from ending.
+pub async fn write_unless_stopped<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    buf: &[u8],
+    stop: &AtomicBool,
+) -> Result<bool> {
+    let mut written = 0;
+    while written < buf.len() {
+        match tokio::time::timeout(WRITE_POLL, io.write(&buf[written..])).await {
+            Ok(Ok(0)) => bail!("broker closed the connection"),
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => return Err(e).context("writing to the broker"),
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok(false),
+            Err(_) => {}
+        }
+    }
+    Ok(true)
 }
 
 /// Appends one frame to `out`.
@@ -286,6 +313,32 @@ mod tests {
         let f = frames(&out);
         assert_eq!(deliver_tag(&f[0].2).expect("has a tag"), 123_456_789_012);
         assert!(deliver_tag(&f[0].2[..10]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_blocked_write_gives_up_on_stop() {
+        // Nobody reads the other end of a 64-byte pipe: the write blocks after 64 bytes.
+        let (mut tx, _rx) = tokio::io::duplex(64);
+        let stop = AtomicBool::new(false);
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(200),
+            write_unless_stopped(&mut tx, &[0u8; 1024], &stop),
+        )
+        .await;
+        assert!(blocked.is_err(), "write should still be blocked");
+        stop.store(true, Ordering::Relaxed);
+        let gave_up = tokio::time::timeout(
+            Duration::from_secs(2),
+            write_unless_stopped(&mut tx, &[0u8; 1024], &stop),
+        )
+        .await
+        .expect("returns once stopped")
+        .expect("no I/O error");
+        assert!(!gave_up);
+        let (mut roomy, _reader) = tokio::io::duplex(4096);
+        assert!(write_unless_stopped(&mut roomy, &[1u8; 100], &stop)
+            .await
+            .expect("fits"));
     }
 
     #[test]

@@ -337,7 +337,13 @@ pub async fn run(args: Args) -> Result<bool> {
     );
     let mut results: Vec<Measurement> = Vec::new();
     for (i, s) in selected.iter().enumerate() {
-        println!("--- {}: {}", s.name, s.about);
+        // Other work on the machine skews both brokers: show how busy it was.
+        println!(
+            "--- {}: {} (load average {})",
+            s.name,
+            s.about,
+            load_average()
+        );
         // Alternate which broker goes first so neither always runs on a warmer machine.
         let order: Vec<usize> = if i % 2 == 0 {
             (0..brokers.len()).collect()
@@ -390,6 +396,13 @@ pub fn summary_line(scenario: &str, mooring: f64, rabbitmq: f64) -> String {
         0.0
     };
     format!("scenario {scenario} mooring {mooring:.0} rabbitmq {rabbitmq:.0} ratio {ratio:.2}")
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 fn cpu_model() -> String {
