@@ -207,6 +207,17 @@ impl Connection {
                 return self.settle(ch, tag, multiple, AckAction::Ack);
             }
         }
+        if ids == [0, 60, 0, 10] {
+            // amq-protocol drops basic.qos's prefetch_size; RabbitMQ refuses a byte window.
+            if let Some(b) = f.payload.get(4..8) {
+                let size = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                if size != 0 {
+                    return Err(
+                        AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).on(60, 10),
+                    );
+                }
+            }
+        }
         let m = super::connection::parse_method(&f.payload)?;
         let (class_id, method_id) = (m.get_amqp_class_id(), m.get_amqp_method_id());
         self.dispatch_method(ch, m)

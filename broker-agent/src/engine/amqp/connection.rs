@@ -134,9 +134,6 @@ pub async fn serve<S>(
         blocked_sent: false,
         closing: false,
     };
-    if conn.broker.alarmed() {
-        conn.on_alarm_change();
-    }
     let end = conn.run(&mut reader, &mut control_rx, &mut shutdown).await;
     if let End::Error(err) = &end {
         tracing::debug!(conn = id, code = err.code, text = %err.text, "closing connection with error");
@@ -190,11 +187,24 @@ impl Connection {
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
         let heartbeat = u64::from(self.session.heartbeat_secs);
+        // A publish that arrived during an alarm: not processed (nor anything after it) until
+        // the alarm clears, as RabbitMQ's reader blocks at the first content-bearing method.
+        let mut held: Option<Frame> = None;
         loop {
             // Process everything already buffered as one batch.
             loop {
-                match reader.next_buffered() {
+                let next = match held.take() {
+                    Some(f) => Ok(Some(f)),
+                    None => reader.next_buffered(),
+                };
+                match next {
                     Ok(Some(f)) => {
+                        if self.broker.alarmed() && is_publish(&f) {
+                            held = Some(f);
+                            self.has_published = true;
+                            self.on_alarm_change();
+                            break;
+                        }
                         if let Err(e) = self.handle_frame(f).await {
                             self.end_batch().await;
                             return End::Error(e);
@@ -213,10 +223,10 @@ impl Connection {
             }
             self.end_batch().await;
 
-            // While an alarm is on, a publishing connection is not read (RabbitMQ's blocking).
-            let paused = self.has_published && self.broker.alarmed();
+            let paused = held.is_some();
             let read = async {
                 if paused {
+                    // Not read while blocked (RabbitMQ also stops heartbeat checks then).
                     std::future::pending::<()>().await;
                 }
                 if heartbeat == 0 {
@@ -251,15 +261,17 @@ impl Connection {
         }
     }
 
+    /// Sends connection.blocked to a capable client that has published during an alarm (as
+    /// RabbitMQ, not to consumers-only connections), and unblocked once the alarm clears.
     fn on_alarm_change(&mut self) {
-        let alarmed = self.broker.alarmed();
+        let alarmed = self.broker.alarmed() && self.has_published;
         if !self.session.blocked_capable || alarmed == self.blocked_sent {
             return;
         }
         self.blocked_sent = alarmed;
         let m = if alarmed {
             let reason = if self.broker.disk_alarm.load(Ordering::Relaxed) {
-                "low on disk space"
+                "low on disk"
             } else {
                 "low on memory"
             };
@@ -449,6 +461,11 @@ pub(super) fn parse_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
             }
         }
     }
+}
+
+/// Whether a frame is basic.publish (the start of content, which an alarm blocks).
+fn is_publish(f: &Frame) -> bool {
+    f.kind == frame::FRAME_METHOD && f.payload.get(..4) == Some(&[0, 60, 0, 40][..])
 }
 
 /// (class id, method id) of a method frame.

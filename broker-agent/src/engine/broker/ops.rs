@@ -60,17 +60,6 @@ impl Broker {
         let kind = ExchangeKind::parse(s.kind).ok_or_else(|| {
             AmqpError::command_invalid(format!("unknown exchange type '{}'", s.kind))
         })?;
-        if s.name.is_empty() || s.name.starts_with("amq.") {
-            if let Some(existing) = vh.exchange(s.name) {
-                if existing.kind == kind && existing.durable == s.durable {
-                    return Ok(());
-                }
-            }
-            return Err(AmqpError::access_refused(format!(
-                "exchange name '{}' contains reserved prefix 'amq.*'",
-                s.name
-            )));
-        }
         if let Some(existing) = vh.exchange(s.name) {
             if existing.kind != kind {
                 return Err(inequivalent("type", &what, s.kind, existing.kind.as_str()));
@@ -102,6 +91,12 @@ impl Broker {
                 )));
             }
             return Ok(());
+        }
+        if s.name.is_empty() || s.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                s.name
+            )));
         }
         let e = Arc::new(Exchange::new(
             s.name,
@@ -196,12 +191,7 @@ impl Broker {
                     ));
                 }
                 if q.exclusive_owner.is_some() != s.exclusive {
-                    return Err(inequivalent(
-                        "exclusive",
-                        &what,
-                        s.exclusive,
-                        q.exclusive_owner.is_some(),
-                    ));
+                    return Err(locked(&q));
                 }
                 check_equivalent_args(&q.arguments, s.arguments, &what)?;
             }
@@ -441,14 +431,18 @@ impl Broker {
 
 fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
     match q.exclusive_owner {
-        Some(owner) if owner != conn_id => Err(AmqpError::resource_locked(format!(
-            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
-             originally declared on another connection or the exclusive property value does not \
-             match that of the original declaration.",
-            q.name, q.vhost
-        ))),
+        Some(owner) if owner != conn_id => Err(locked(q)),
         _ => Ok(()),
     }
+}
+
+fn locked(q: &Queue) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+         originally declared on another connection or the exclusive property value does not \
+         match that of the original declaration.",
+        q.name, q.vhost
+    ))
 }
 
 /// `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ names server-named queues.

@@ -2,9 +2,18 @@
 
 /// Whether `key` matches `pattern`.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = key.split('.').collect();
+    // As RabbitMQ: the empty string has no words (so `*` does not match it, `#` does).
+    let p = words(pattern);
+    let k = words(key);
     matches_from(&p, &k)
+}
+
+fn words(s: &str) -> Vec<&str> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('.').collect()
+    }
 }
 
 /// Iterative matcher with one backtrack point per `#` (the classic wildcard algorithm), so the
@@ -52,7 +61,12 @@ mod tests {
             ("a.#.z", "a.z", true),
             ("a.#.z", "a.b.c.z", true),
             ("a.#.z", "a.b.c.y", false),
-            ("*", "", true),
+            ("*", "", false),
+            ("*.#", "", false),
+            ("#.*", "", false),
+            ("#.#", "", true),
+            ("a..b", "a..b", true),
+            ("a.*.b", "a..b", true),
             ("*", "a.b", false),
             ("#.#", "a", true),
             ("a.*.#", "a", false),
