@@ -303,6 +303,22 @@ async fn probe(uri: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the queues and exchanges the fuzz streams may have declared.
+async fn remove_fuzz_names(uri: &str) -> Result<()> {
+    let conn = Connection::connect(uri, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    for i in 0..4 {
+        ch.queue_delete(format!("fuzz.{i}").into(), Default::default())
+            .await?;
+    }
+    for i in 0..3 {
+        ch.exchange_delete(format!("fuzz.x.{i}").into(), Default::default())
+            .await?;
+    }
+    conn.close(200, "cleaned".into()).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_mutated_frame_streams() -> Result<()> {
     let seed = std::env::var("MOORING_FUZZ_SEED")
@@ -360,6 +376,9 @@ async fn random_and_mutated_frame_streams() -> Result<()> {
         }
     }
     probe(&uri).await.context("final probe")?;
+    if agent.is_none() {
+        remove_fuzz_names(&uri).await?; // keep the shared RabbitMQ clean
+    }
     if let Some(agent) = &agent {
         ensure!(
             !agent.log().contains("panicked"),
