@@ -352,7 +352,14 @@ impl QueueLog {
             return Ok(Bytes::copy_from_slice(bytes));
         }
         let mut framed_bytes = vec![0u8; framed];
-        seg.file.read_exact_at(&mut framed_bytes, offset)?;
+        seg.file
+            .read_exact_at(&mut framed_bytes, offset)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    segment::invalid_data("location past the segment end")
+                }
+                _ => e,
+            })?;
         if segment::decode_record(&framed_bytes).is_none() {
             return Err(segment::invalid_data("no intact record at this location"));
         }

@@ -560,3 +560,76 @@ fn definitions_through_storage() {
         Some(&b"defs"[..])
     );
 }
+
+#[test]
+fn a_segment_acked_while_active_goes_when_sealed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open_storage(dir.path(), 1024);
+    let mut log = storage
+        .open_queue_log(&key("q"), Durability::Written)
+        .expect("open log");
+    let locs: Vec<Location> = (0..3)
+        .map(|i| log.append(&payload(i)).expect("append"))
+        .collect();
+    for loc in &locs {
+        log.ack(*loc).expect("ack");
+    }
+    log.flush().expect("flush");
+    assert_eq!(
+        segment_files(dir.path(), "seg").len(),
+        1,
+        "the active segment stays"
+    );
+    let next = log.append(&[1u8; 2000]).expect("append that rolls over");
+    assert_eq!(next.segment, locs[0].segment + 1);
+    log.flush().expect("flush");
+    assert_eq!(
+        segment_files(dir.path(), "seg").len(),
+        1,
+        "the sealed, fully acked one went"
+    );
+    assert!(segment_files(dir.path(), "ack").is_empty());
+    assert_eq!(scan_all(&log).len(), 1);
+}
+
+#[test]
+fn reads_check_what_they_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let loc;
+    {
+        let storage = open_storage(dir.path(), 1 << 20);
+        let mut log = storage
+            .open_queue_log(&key("q"), Durability::Written)
+            .expect("open log");
+        loc = log.append(b"payload").expect("append");
+        let wrong_len = Location {
+            len: loc.len + 1,
+            ..loc
+        };
+        assert_eq!(
+            log.read(wrong_len).expect_err("buffered").kind(),
+            io::ErrorKind::InvalidData
+        );
+        log.flush().expect("flush");
+        assert_eq!(
+            log.read(wrong_len).expect_err("on disk").kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+    let storage = open_storage(dir.path(), 1 << 20);
+    let log = storage
+        .open_queue_log(&key("q"), Durability::Written)
+        .expect("reopen");
+    assert_eq!(
+        &log.read(loc).expect("read from a recovered segment")[..],
+        b"payload"
+    );
+    let elsewhere = Location {
+        segment: loc.segment + 7,
+        ..loc
+    };
+    assert_eq!(
+        log.read(elsewhere).expect_err("no such segment").kind(),
+        io::ErrorKind::NotFound
+    );
+}
