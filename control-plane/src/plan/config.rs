@@ -49,3 +49,78 @@ pub fn desired_config(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType};
+    use crate::store::BrokerId;
+    use chrono::Utc;
+
+    fn broker(generation: i64) -> BrokerRecord {
+        BrokerRecord {
+            id: BrokerId::generate(),
+            name: "b".into(),
+            arn: "arn".into(),
+            state: crate::model::BrokerState::Running,
+            engine_type: EngineType::Rabbitmq,
+            engine_version: "3.13".into(),
+            host_instance_type: "mq.t3.micro".into(),
+            deployment_mode: DeploymentMode::SingleInstance,
+            authentication_strategy: AuthenticationStrategy::Simple,
+            storage_type: StorageType::Ebs,
+            publicly_accessible: false,
+            auto_minor_version_upgrade: true,
+            maintenance_day: DayOfWeek::Monday,
+            maintenance_time: "02:00".into(),
+            maintenance_time_zone: "UTC".into(),
+            logs_general: false,
+            logs_audit: false,
+            security_groups: vec![],
+            subnet_ids: vec![],
+            configuration: None,
+            configuration_history: vec![],
+            pending_engine_version: None,
+            pending_host_instance_type: Some("mq.m5.large".into()),
+            pending_configuration: None,
+            creator_request_id: None,
+            generation,
+            reboot_generation: None,
+            version: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn user(b: &BrokerRecord, name: &str, console: bool) -> UserRecord {
+        UserRecord {
+            broker_id: b.id.clone(),
+            username: name.into(),
+            password_hash: format!("hash-of-{name}"),
+            console_access: console,
+            groups: vec![],
+            replication_user: false,
+            pending_change: None,
+            pending_generation: 1,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn one_generation_has_one_content_whatever_the_read_order() {
+        let b = broker(7);
+        let micro = crate::catalog::instance_type("mq.t3.micro").expect("in the catalog");
+        let a = desired_config(&b, &[user(&b, "zed", false), user(&b, "amy", true)], micro, None);
+        let z = desired_config(&b, &[user(&b, "amy", true), user(&b, "zed", false)], micro, None);
+        assert_eq!(a, z);
+        assert_eq!(a.generation, Generation(7));
+        let names: Vec<&str> = a.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["amy", "zed"]);
+        assert_eq!(a.users[0].tags, [CONSOLE_TAG]);
+        assert!(a.users[1].tags.is_empty());
+        assert_eq!(a.users[0].password_hash, "hash-of-amy");
+        // Limits come from the current instance type, never the pending one.
+        assert_eq!(a.limits.max_connections, micro.max_connections);
+        assert_eq!(a.engine.host_instance_type, "mq.t3.micro");
+    }
+}
