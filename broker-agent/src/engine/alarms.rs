@@ -51,7 +51,7 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             );
             changed = true;
         }
-        if n % disk_every == 0 && broker.config.disk_free_limit_bytes > 0 {
+        if n.is_multiple_of(disk_every) && broker.config.disk_free_limit_bytes > 0 {
             let dir = broker.config.data_dir.clone();
             if let Ok(Some(free)) = tokio::task::spawn_blocking(move || free_bytes(&dir)).await {
                 let was = broker.disk_alarm.load(Ordering::Relaxed);

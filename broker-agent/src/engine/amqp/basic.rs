@@ -163,7 +163,9 @@ impl Connection {
         if let Some(tx) = ch.tx.as_mut() {
             // Validate now so that an unknown tag fails at once, as RabbitMQ does.
             let st = ch.link.state.lock();
-            if !(multiple && tag == 0) && !st.unacked.iter().any(|u| u.tag == tag) {
+            let known = st.unacked.iter().any(|u| u.tag == tag);
+            let all_outstanding = multiple && tag == 0;
+            if !(known || all_outstanding) {
                 return Err(AmqpError::precondition_failed(format!(
                     "unknown delivery tag {tag}"
                 )));

@@ -435,7 +435,7 @@ impl Connection {
 /// Parses a method payload; unknown class/method ids are 540, malformed arguments 502.
 pub(super) fn parse_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
     match parse_class(payload) {
-        Ok((rest, m)) if rest.is_empty() => Ok(m),
+        Ok((&[], m)) => Ok(m),
         Ok(_) => Err(AmqpError::syntax_error(
             "trailing bytes after method arguments",
         )),
