@@ -21,6 +21,8 @@ from engine_raw import (
     CONNECTION_CLOSE,
     CONNECTION_CLOSE_OK,
     RawConnection,
+    body_frame,
+    content_header_frame,
     longstr,
     method_frame,
     queue_declare_args,
@@ -250,3 +252,67 @@ def test_amqplain_login(broker):
         start_ok = table(CLIENT_PROPERTIES) + shortstr("AMQPLAIN") + longstr(response) + shortstr("en_US")
         c.send(method_frame(0, 10, 11, start_ok))
         c.expect(CONNECTION_TUNE)
+
+
+def publish_args(exchange, routing_key, mandatory=False, immediate=False):
+    return struct.pack("!H", 0) + shortstr(exchange) + shortstr(routing_key) + bytes([mandatory | immediate << 1])
+
+
+@pytest.mark.parametrize(
+    "name,frames,expected",
+    [
+        (
+            "basic.publish immediate=true",
+            lambda: [
+                method_frame(1, 60, 40, publish_args("", "mooring-test.immediate", immediate=True)),
+                content_header_frame(1, 60, 1),
+                body_frame(1, b"x"),
+            ],
+            (540, "NOT_IMPLEMENTED - immediate=true", 60, 40),
+        ),
+        (
+            "channel.flow active=false",
+            lambda: [method_frame(1, 20, 20, b"\x00")],
+            (540, "NOT_IMPLEMENTED - active=false", 20, 20),
+        ),
+        (
+            "basic.recover requeue=false",
+            lambda: [method_frame(1, 60, 110, b"\x00")],
+            (540, "NOT_IMPLEMENTED - requeue=false", 60, 110),
+        ),
+    ],
+    ids=["immediate", "flow-off", "recover-no-requeue"],
+)
+def test_unsupported_features_are_not_implemented(broker, name, frames, expected):
+    """What RabbitMQ does not implement it refuses with 540 on the connection, rather than
+    accepting a request whose meaning it would not honour."""
+    with RawConnection(broker.host, broker.port) as c:
+        c.open()
+        c.open_channel(1)
+        c.send(b"".join(frames()))
+        assert c.expect_connection_close() == expected, name
+
+
+def test_channel_flow_active_true_is_acknowledged(broker):
+    with RawConnection(broker.host, broker.port) as c:
+        c.open()
+        c.open_channel(1)
+        c.send(method_frame(1, 20, 20, b"\x01"))
+        f = c.expect((20, 21))
+        assert f.payload[4:] == b"\x01"
+
+
+def test_deleting_a_system_exchange_is_refused(conn, ch):
+    expect_channel_error(ch, lambda: ch.exchange_delete("amq.direct"), 403, "ACCESS_REFUSED - ")
+    assert conn.channel().exchange_declare("amq.direct", passive=True)
+
+
+def test_access_request_is_answered(broker):
+    """Old clients still send the deprecated access.request; RabbitMQ answers access.request-ok
+    with ticket 1."""
+    with RawConnection(broker.host, broker.port) as c:
+        c.open()
+        c.open_channel(1)
+        c.send(method_frame(1, 30, 10, shortstr("/data") + b"\x1f"))
+        f = c.expect((30, 11))
+        assert f.payload[4:] == b"\x00\x01"
