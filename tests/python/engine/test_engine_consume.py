@@ -354,3 +354,42 @@ def test_nack_with_tag_zero_and_multiple_requeues_everything(conn, ch, names):
         get_one(ch, queue, auto_ack=False)
     ch.basic_nack(0, multiple=True, requeue=True)
     wait_count(ch, queue, 3)
+
+
+def test_consumers_share_a_queue_round_robin(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue)
+    a = Collector(conn, ch, queue, auto_ack=True)
+    b = Collector(conn, conn.channel(), queue, auto_ack=True)
+    ch.confirm_delivery()
+    fill(ch, queue, 10)
+    a.wait(5)
+    b.wait(5)
+    assert a.bodies() == [f"m{i}".encode() for i in range(0, 10, 2)]
+    assert b.bodies() == [f"m{i}".encode() for i in range(1, 10, 2)]
+
+
+def test_ack_after_cancel_still_counts(conn, ch, names):
+    """Cancelling a consumer leaves its unacked deliveries on the channel; acking them later
+    is valid and settles them."""
+    queue = names()
+    ch.queue_declare(queue)
+    fill(ch, queue, 3)
+    collector = Collector(conn, ch, queue)
+    collector.wait(3)
+    ch.basic_cancel(collector.tag)
+    ch.basic_ack(collector.messages[-1][0].delivery_tag, multiple=True)
+    ch.close()
+    assert message_count(conn.channel(), queue) == 0
+
+
+def test_requeued_messages_keep_their_queue_order(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue)
+    fill(ch, queue, 5)
+    wait_count(ch, queue, 5)
+    tags = [get_one(ch, queue, auto_ack=False)[0].delivery_tag for _ in range(5)]
+    for i in (3, 1, 4):
+        ch.basic_reject(tags[i], requeue=True)
+    wait_count(ch, queue, 3)
+    assert [b for _, _, b in drain(ch, queue)] == [b"m1", b"m3", b"m4"]
