@@ -526,3 +526,70 @@ async fn backlog_beyond_the_memory_budget_is_paged_to_disk() {
     }
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn transient_backlog_spills_to_disk_and_comes_back_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = support::config(dir.path());
+    c.body_memory_budget_bytes = 32 * 1024;
+    let engine = Engine::start(c).await.expect("start");
+    let conn = connect(&engine).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "mem".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    const N: usize = 500;
+    let body = |i: usize| {
+        let mut b = format!("{i:08}").into_bytes();
+        b.resize(2048, (i % 13) as u8);
+        b
+    };
+    for i in 0..N {
+        ch.basic_publish(
+            "".into(),
+            "mem".into(),
+            BasicPublishOptions::default(),
+            &body(i),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    let q = engine
+        .broker()
+        .vhost("/")
+        .expect("vhost")
+        .queue("mem")
+        .expect("queue");
+    support::wait_for(STEP, "all messages enqueued", || {
+        (q.counts().ready == N as u64).then_some(())
+    })
+    .await;
+    let paged = engine
+        .broker()
+        .stats
+        .paged_out
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(paged > 400, "transient bodies spilled: {paged}");
+    for i in 0..N {
+        let m = support_get(&ch, "mem").await;
+        assert_eq!(m.delivery.data, body(i), "message {i}");
+        m.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    assert_eq!(
+        engine
+            .broker()
+            .stats
+            .paged_out
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    engine.shutdown().await;
+}

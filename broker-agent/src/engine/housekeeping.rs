@@ -31,6 +31,10 @@ pub fn pass(broker: &Broker) {
     for vh in vhosts {
         let queues: Vec<Arc<Queue>> = vh.queues.read().values().cloned().collect();
         for q in queues {
+            let ttl = q.has_ttl.load(std::sync::atomic::Ordering::Relaxed);
+            if !ttl && q.args.expires_ms.is_none() {
+                continue;
+            }
             if q.is_expired(now) {
                 tracing::debug!(queue = %q.name, "queue expired (x-expires)");
                 broker.remove_queue(&vh, &q);

@@ -28,7 +28,10 @@ pub struct Message {
     pub may_have_cc: bool,
 }
 
-const RECORD_VERSION: u8 = 1;
+/// Record kinds: a persistent message, or a transient one written only to page its body out
+/// of memory (skipped and acked at recovery).
+const RECORD_PERSISTENT: u8 = 1;
+const RECORD_TRANSIENT: u8 = 2;
 
 impl Message {
     pub fn new(exchange: Arc<str>, routing_key: Arc<str>, header: Bytes, body: Bytes) -> Message {
@@ -62,7 +65,11 @@ impl Message {
         b.reserve(
             8 + self.exchange.len() + self.routing_key.len() + self.header.len() + self.body.len(),
         );
-        b.push(RECORD_VERSION);
+        b.push(if self.persistent {
+            RECORD_PERSISTENT
+        } else {
+            RECORD_TRANSIENT
+        });
         put_short(b, &self.exchange);
         put_short(b, &self.routing_key);
         b.extend_from_slice(&(self.header.len() as u32).to_be_bytes());
@@ -70,10 +77,15 @@ impl Message {
         b.extend_from_slice(&self.body);
     }
 
+    /// Whether a log record holds a transient message (paged out, not to be recovered).
+    pub fn record_is_transient(rec: &[u8]) -> bool {
+        rec.first() == Some(&RECORD_TRANSIENT)
+    }
+
     /// The body length of a log record, without decoding it.
     pub fn record_body_len(rec: &[u8]) -> Option<u64> {
         let (&ver, rest) = rec.split_first()?;
-        if ver != RECORD_VERSION {
+        if ver != RECORD_PERSISTENT && ver != RECORD_TRANSIENT {
             return None;
         }
         let (_, rest) = get_short(rest)?;
@@ -85,7 +97,7 @@ impl Message {
     /// Decodes a log record; `None` if it is not one of ours (the caller logs and skips it).
     pub fn from_record(rec: &[u8]) -> Option<Message> {
         let (&ver, rest) = rec.split_first()?;
-        if ver != RECORD_VERSION {
+        if ver != RECORD_PERSISTENT && ver != RECORD_TRANSIENT {
             return None;
         }
         let (exchange, rest) = get_short(rest)?;

@@ -203,6 +203,7 @@ impl Broker {
                 args,
                 q.arguments.clone(),
                 Some(log),
+                None,
                 self.stats.clone(),
                 now,
             ));

@@ -14,6 +14,9 @@ use super::vhost::VHost;
 use super::{durability_of, Broker};
 use crate::engine::amqp::error::{AmqpError, AmqpResult};
 
+/// Numbers spill logs so that a re-declared transient queue never meets an old one.
+static SPILL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Arguments of exchange.declare.
 pub struct ExchangeSpec<'a> {
     pub name: &'a str,
@@ -254,6 +257,18 @@ impl Broker {
             args,
             s.arguments.clone(),
             log,
+            (!s.durable).then(|| {
+                let n = SPILL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (
+                    self.storage.clone(),
+                    crate::engine::storage::QueueKey {
+                        vhost: vh.name.to_string(),
+                        // Never a durable queue's key (NUL is not in client names); removed at
+                        // the next start by `retain_queue_logs`.
+                        name: format!("\0spill:{n}:{name}"),
+                    },
+                )
+            }),
             self.stats.clone(),
             now,
         ));

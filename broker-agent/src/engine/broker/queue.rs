@@ -15,7 +15,7 @@ use super::args::{Overflow, QueueArgs, QueueType};
 use super::consumer::{ChannelLink, Consumer, Offer};
 use super::message::Message;
 use super::stats::Stats;
-use crate::engine::storage::{Location, QueueLog, SyncWaiter};
+use crate::engine::storage::{Durability, Location, QueueKey, QueueLog, Storage, SyncWaiter};
 
 /// One message in one queue.
 pub struct Entry {
@@ -112,7 +112,11 @@ pub struct Queue {
     /// Arguments as declared (for equivalence checks and definitions).
     pub arguments: FieldTable,
     pub deleted: AtomicBool,
+    /// Set once a message with a TTL was enqueued: housekeeping only visits such queues.
+    pub has_ttl: AtomicBool,
     stats: Arc<Stats>,
+    /// Where a non-durable queue opens its spill log when bodies must leave memory.
+    spill: Option<(Storage, QueueKey)>,
     state: Mutex<QueueState>,
 }
 
@@ -149,6 +153,7 @@ impl Queue {
         args: QueueArgs,
         arguments: FieldTable,
         log: Option<QueueLog>,
+        spill: Option<(Storage, QueueKey)>,
         stats: Arc<Stats>,
         now_ms: u64,
     ) -> Queue {
@@ -161,7 +166,9 @@ impl Queue {
             args,
             arguments,
             deleted: AtomicBool::new(false),
+            has_ttl: AtomicBool::new(false),
             stats,
+            spill,
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
@@ -197,7 +204,12 @@ impl Queue {
         let mut resident_bytes = self.stats.message_bytes.load(Ordering::Relaxed);
         // (location, body in memory or paged out, body size)
         let mut entries: Vec<(Location, Option<Message>, u64)> = Vec::new();
+        let mut transient = Vec::new();
         log.scan(&mut |loc, rec| {
+            if Message::record_is_transient(rec) {
+                transient.push(loc);
+                return;
+            }
             let Some(size) = Message::record_body_len(rec) else {
                 bad += 1;
                 return;
@@ -217,6 +229,12 @@ impl Queue {
         })?;
         if bad > 0 {
             tracing::warn!(queue = %self.name, bad, "skipped undecodable log records");
+        }
+        // Transient messages paged out before the restart are gone, as in RabbitMQ.
+        if let Some(log) = st.log.as_mut() {
+            for loc in transient {
+                log.ack(loc)?;
+            }
         }
         for (loc, m, size) in entries {
             let resident = m.is_some();
@@ -281,6 +299,9 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if ttl.is_some() && !self.has_ttl.load(Ordering::Relaxed) {
+            self.has_ttl.store(true, Ordering::Relaxed);
+        }
         let seq = st.next_seq;
         st.next_seq += 1;
         st.ready.push_back(Stored {
@@ -315,7 +336,7 @@ impl Queue {
         st.dispatch(self, now_ms, &mut dead);
         // Over the memory budget, the new message's body lives on in the log only.
         if self.stats.over_budget() {
-            st.page_out_tail(&self.stats);
+            st.page_out_tail(self);
         }
         Ok(Pushed::Enqueued { dead })
     }
@@ -525,7 +546,17 @@ impl Queue {
         Stats::add(&self.stats.paged_out, -(paged as i64));
         // Unacked entries stay with their channels; acking them later releases their bytes.
         let consumers = std::mem::take(&mut st.consumers);
-        (n, consumers, st.log.take())
+        let log = st.log.take();
+        if let Some((storage, key)) = &self.spill {
+            if log.is_some() {
+                drop(log);
+                if let Err(e) = storage.delete_queue_log(key) {
+                    tracing::warn!(queue = %self.name, error = %e, "deleting the spill log failed");
+                }
+                return (n, consumers, None);
+            }
+        }
+        (n, consumers, log)
     }
 
     pub fn counts(&self) -> QueueCounts {
@@ -587,14 +618,47 @@ impl QueueState {
         }
     }
 
-    /// Drops the body of the newest ready message from memory if the log holds it.
-    fn page_out_tail(&mut self, stats: &Stats) {
-        if let Some(s) = self.ready.back_mut() {
-            if s.loc.is_some() && s.msg.is_some() {
-                s.msg = None;
-                Stats::add(&stats.message_bytes, -(s.size as i64));
-                Stats::add(&stats.paged_out, 1);
+    /// Drops the body of the newest ready message from memory, writing it to the queue's log
+    /// (a spill log for non-durable queues) if it is not there yet.
+    fn page_out_tail(&mut self, q: &Queue) {
+        let Some(s) = self.ready.back() else { return };
+        let Some(msg) = s.msg.clone() else { return };
+        if s.loc.is_none() {
+            if self.log.is_none() {
+                let Some((storage, key)) = &q.spill else {
+                    return;
+                };
+                match storage.open_queue_log(key, Durability::Written) {
+                    Ok(log) => self.log = Some(log),
+                    Err(e) => {
+                        tracing::warn!(queue = %q.name, error = %e, "cannot open a spill log; keeping bodies in memory");
+                        return;
+                    }
+                }
             }
+            let Some(log) = self.log.as_mut() else { return };
+            let appended = RECORD_SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                scratch.clear();
+                msg.encode_record(&mut scratch);
+                log.append(&scratch)
+            });
+            match appended {
+                Ok(loc) => {
+                    if let Some(s) = self.ready.back_mut() {
+                        s.loc = Some(loc);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %q.name, error = %e, "cannot page a message out");
+                    return;
+                }
+            }
+        }
+        if let Some(s) = self.ready.back_mut() {
+            s.msg = None;
+            Stats::add(&q.stats.message_bytes, -(s.size as i64));
+            Stats::add(&q.stats.paged_out, 1);
         }
     }
 
