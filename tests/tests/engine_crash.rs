@@ -601,7 +601,8 @@ async fn acknowledged_definitions_survive_sigkill() -> Result<()> {
     }
 
     let conn = connect(&agent.amqp_uri()?).await?;
-    let ledger = ledger.lock().expect("ledger lock holder panicked");
+    // The churn tasks are gone; take the ledger out so no lock is held across awaits.
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger lock holder panicked"));
     ensure!(
         ledger.created.len() > 10,
         "too few definitions were made: {}",
