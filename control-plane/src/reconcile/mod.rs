@@ -175,3 +175,6 @@ fn agent_url(listen: std::net::SocketAddr) -> String {
     };
     format!("http://{}", std::net::SocketAddr::new(host, listen.port()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -55,7 +55,7 @@ async fn drop_database(store: Store, name: Option<String>) {
     }
 }
 
-pub(crate) async fn insert_broker(store: &Store, name: &str) -> BrokerId {
+async fn insert_broker(store: &Store, name: &str) -> BrokerId {
     let id = BrokerId::generate();
     let broker = NewBroker {
         id: id.clone(),
