@@ -1,6 +1,7 @@
 """Publishing: confirms (acks and nacks), mandatory returns, transactions, properties."""
 
 import datetime
+import random
 import decimal
 import struct
 
@@ -285,3 +286,33 @@ def test_confirm_nack_when_one_of_several_queues_rejects(conn, ch, names):
         ch.basic_publish(exchange, "", b"m")
     # the queue with room still got its copy
     assert get_one(ch, roomy)[2] == b"m"
+
+
+def test_large_body_and_large_headers(conn, ch):
+    """An 8 MiB body (64 body frames) and a 100 KiB headers table come back intact."""
+    queue = ch.queue_declare("", exclusive=True).method.queue
+    body = bytes(random.Random(5).getrandbits(8) for _ in range(1024)) * 8192
+    headers = {f"k{i}": "v" * 100 for i in range(1000)}
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, body, pika.BasicProperties(headers=headers))
+    _, props, got = get_one(ch, queue)
+    assert got == body
+    assert props.headers == headers
+
+
+def test_many_channels_on_one_connection(conn, ch):
+    queue = ch.queue_declare("", exclusive=True).method.queue
+    channels = [conn.channel() for _ in range(300)]
+    for i, c in enumerate(channels):
+        c.confirm_delivery()
+        c.basic_publish("", queue, str(i).encode())
+    assert message_count(ch, queue) == 300
+    for c in channels:
+        c.close()
+
+
+def test_unicode_queue_name_of_254_bytes(conn, ch):
+    name = "é" * 127  # a shortstr holds at most 255 bytes
+    ch.queue_declare(name, exclusive=True)
+    ch.basic_publish("", name, b"u")
+    assert get_one(ch, name)[2] == b"u"
