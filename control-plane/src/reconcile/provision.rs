@@ -29,6 +29,9 @@ use crate::plan::nodes::{desired_nodes, node_action, node_ready, NodeAction, Nod
 use crate::provider::{NodeSpec, ProcessState, Provider, StartOutcome};
 use crate::store::{BrokerId, BrokerRecord, NewNode, NodeRecord, ObservedState};
 
+/// An agent that exits sooner than this after its start is crash-looping.
+const CRASH_LOOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What one broker's pass achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -150,6 +153,22 @@ impl Provisioner {
                     remaining += 1;
                 }
                 NodeAction::Start => {
+                    // An agent that dies right after its start (a port taken, a bad data
+                    // dir) would otherwise be restarted every pass: fail the pass instead,
+                    // so the broker backs off.
+                    if node.observed == ObservedState::Started
+                        && node.started_at.is_some_and(|t| {
+                            now.signed_duration_since(t)
+                                .to_std()
+                                .is_ok_and(|age| age < CRASH_LOOP_WINDOW)
+                        })
+                    {
+                        anyhow::bail!(
+                            "the agent of {} exited within {:?} of its start; see its agent.log",
+                            node.id,
+                            CRASH_LOOP_WINDOW
+                        );
+                    }
                     self.start_node(broker, node, reboot_generation).await?;
                     progressed = true;
                     remaining += 1;

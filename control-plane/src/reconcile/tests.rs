@@ -267,6 +267,20 @@ async fn interrupted_start_is_adopted_and_a_dead_agent_restarted_on_its_data() {
     );
 
     h.fake.crash(&node);
+    let broker = h.store.broker_get(&id).await.expect("broker");
+    let err = h
+        .provisioner
+        .reconcile_broker(&broker)
+        .await
+        .expect_err("died right after its start");
+    assert!(format!("{err:#}").contains("exited within"), "{err:#}");
+    assert!(h.fake.ops().is_empty(), "no restart while crash-looping");
+    // Later, the dead agent is restarted on its data.
+    let long_ago = Utc::now() - chrono::Duration::seconds(60);
+    h.store
+        .node_mark_started(&node, Some(1), 0, long_ago)
+        .await
+        .expect("backdate the start");
     h.pass(&id).await;
     assert_eq!(h.fake.ops(), [format!("start {node}")]);
     assert!(h.fake.running(&node));
