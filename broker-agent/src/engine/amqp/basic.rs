@@ -345,9 +345,12 @@ impl Connection {
                 self.basic_get(ch, &q, g.no_ack);
                 Ok(())
             }
-            basic::AMQPMethod::Recover(r) => {
+            basic::AMQPMethod::Recover(basic::Recover { requeue: false })
+            | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+                Err(AmqpError::not_implemented("requeue=false"))
+            }
+            basic::AMQPMethod::Recover(_) => {
                 self.recover(ch);
-                let _ = r.requeue;
                 send_method(
                     &self.link,
                     id,

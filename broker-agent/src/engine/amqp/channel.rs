@@ -246,6 +246,10 @@ impl Connection {
                 Ok(())
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) if !flow.active => {
+                // As RabbitMQ 3.10: consumers cannot be paused with channel.flow.
+                Err(AmqpError::not_implemented("active=false"))
+            }
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
                 ch.link.state.lock().flow_active = flow.active;
                 send_method(

@@ -192,7 +192,8 @@ pub mod fast {
         let rest = args.get(2..)?; // reserved ticket
         let (exchange, rest) = short_str(rest)?;
         let (routing_key, rest) = short_str(rest)?;
-        if rest.len() != 1 {
+        // Anything unusual (immediate=true, trailing bytes) takes the full parser's path.
+        if rest != [0] && rest != [1] {
             return None;
         }
         Some((exchange, routing_key, rest[0] & 1 != 0))
