@@ -53,7 +53,9 @@ pub fn desired_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType};
+    use crate::model::{
+        AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType,
+    };
     use crate::store::BrokerId;
     use chrono::Utc;
 
@@ -110,8 +112,18 @@ mod tests {
     fn one_generation_has_one_content_whatever_the_read_order() {
         let b = broker(7);
         let micro = crate::catalog::instance_type("mq.t3.micro").expect("in the catalog");
-        let a = desired_config(&b, &[user(&b, "zed", false), user(&b, "amy", true)], micro, None);
-        let z = desired_config(&b, &[user(&b, "amy", true), user(&b, "zed", false)], micro, None);
+        let a = desired_config(
+            &b,
+            &[user(&b, "zed", false), user(&b, "amy", true)],
+            micro,
+            None,
+        );
+        let z = desired_config(
+            &b,
+            &[user(&b, "amy", true), user(&b, "zed", false)],
+            micro,
+            None,
+        );
         assert_eq!(a, z);
         assert_eq!(a.generation, Generation(7));
         let names: Vec<&str> = a.users.iter().map(|u| u.name.as_str()).collect();
