@@ -37,16 +37,18 @@ const KILLS_LONG: usize = 100;
 /// Unconfirmed publishes each publisher keeps in flight.
 const CONFIRM_WINDOW: usize = 32;
 /// Each publisher stops after this many publishes per life, to bound the final drain.
-const PUBLISH_PER_LIFE: u64 = 500;
+const PUBLISH_PER_LIFE: u64 = 300;
 /// The kill comes once this many publishes (a random number in the range, all queues
 /// together) were confirmed in the current life, plus a random delay: so always while
 /// publishers are busy, whatever the speed of the build.
-const KILL_AFTER_CONFIRMS: std::ops::Range<usize> = 1..1_200;
+const KILL_AFTER_CONFIRMS: std::ops::Range<usize> = 1..700;
 const KILL_EXTRA_DELAY_MS: std::ops::Range<u64> = 0..15;
 /// Bound on the wait for those confirms.
 const KILL_TRIGGER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Messages a consumer phase takes from one queue.
 const CONSUME_BATCH: usize = 25;
+/// Messages a consumer holds unacked through a kill.
+const HOLD_BATCH: usize = 10;
 /// Bound on any single broker round trip.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -211,11 +213,28 @@ async fn one_life(
     let publishers: Vec<_> = (0..QUEUES.len())
         .map(|q| tokio::spawn(publish(conn.clone(), q, ledgers.clone())))
         .collect();
+    // Odd lives: a consumer acks a batch. Even lives: a consumer holds a batch unacked
+    // through the kill; those messages must come back later (the ledger catches a loss).
+    let mut holder = None;
     if life % 2 == 1 {
         let consumer = connect(&uri).await?;
         consume_some(&consumer, life % QUEUES.len(), ledgers).await?;
         // The channel is closed; the connection may die with the kill.
         drop(consumer);
+    } else {
+        let (queue, _) = QUEUES[(life / 2) % QUEUES.len()];
+        let conn = connect(&uri).await?;
+        let ch = conn.create_channel().await?;
+        for _ in 0..HOLD_BATCH {
+            let Some(msg) = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            check_delivery(queue, &msg.delivery.data, &msg.delivery.properties)?;
+        }
+        holder = Some(conn);
     }
     let target = rng.gen_range(KILL_AFTER_CONFIRMS);
     let confirmed_before: usize = (0..QUEUES.len())
@@ -232,6 +251,7 @@ async fn one_life(
     tokio::time::sleep(Duration::from_millis(rng.gen_range(KILL_EXTRA_DELAY_MS))).await;
     let finished_before: Vec<bool> = publishers.iter().map(|p| p.is_finished()).collect();
     agent.kill();
+    drop(holder);
     for (p, finished) in publishers.into_iter().zip(finished_before) {
         if finished {
             // It ended on its own, before the kill: that must have been success.
