@@ -2,6 +2,7 @@
 durability across a graceful restart and a SIGKILL. All marked mooring_only."""
 
 import json
+import time
 import ssl
 import struct
 import subprocess
@@ -295,3 +296,36 @@ def test_quorum_confirms_wait_for_fsync_and_share_it(agent_factory):
     publish_pipelined_with_confirms(agent, "quorum", n)
     after_many = metric(agent, "mooring_storage_fsyncs_total")
     assert after_many - after_one < n / 5, f"{after_many - after_one} fsyncs for {n} pipelined confirms"
+
+
+def test_restart_semantics_of_queue_flags_and_ttl(agent_factory):
+    """As RabbitMQ: durable exclusive queues die with their connection (and so with the
+    broker); a durable auto-delete queue that never had a consumer stays; a persistent message
+    whose TTL ran out while the broker was down is gone; one with time left stays."""
+    agent = agent_factory()
+    conn = connect(agent)
+    ch = conn.channel()
+    ch.queue_declare("excl", durable=True, exclusive=True)
+    ch.queue_declare("autodel", durable=True, auto_delete=True)
+    ch.queue_declare("short-ttl", durable=True, arguments={"x-message-ttl": 500})
+    ch.queue_declare("long-ttl", durable=True, arguments={"x-message-ttl": 600_000})
+    ch.confirm_delivery()
+    for q in ("autodel", "short-ttl", "long-ttl"):
+        ch.basic_publish("", q, b"m", pika.BasicProperties(delivery_mode=2))
+    agent.stop()
+    time.sleep(0.8)  # the short TTL runs out while the broker is down
+    agent.start()
+
+    conn = connect(agent)
+    try:
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.queue_declare("excl", passive=True)
+        assert info.value.reply_code == 404
+        ch = conn.channel()
+        assert ch.queue_declare("autodel", passive=True).method.message_count == 1
+        wait_count(ch, "short-ttl", 0)
+        assert ch.basic_get("short-ttl")[0] is None
+        assert get_one(ch, "long-ttl")[2] == b"m"
+    finally:
+        conn.close()
