@@ -329,3 +329,42 @@ def test_restart_semantics_of_queue_flags_and_ttl(agent_factory):
         assert get_one(ch, "long-ttl")[2] == b"m"
     finally:
         conn.close()
+
+
+def test_queue_and_exchange_arguments_work_after_restart(agent_factory):
+    """Declared arguments are not only remembered but acted on after a restart: max-length,
+    dead-lettering, alternate-exchange; a transient exchange and its bindings are gone."""
+    agent = agent_factory()
+    conn = connect(agent)
+    ch = conn.channel()
+    ch.exchange_declare("dlx", "fanout", durable=True)
+    ch.queue_declare("dead", durable=True)
+    ch.queue_bind("dead", "dlx")
+    ch.queue_declare("capped", durable=True, arguments={"x-max-length": 2, "x-dead-letter-exchange": "dlx"})
+    ch.exchange_declare("ae", "fanout", durable=True)
+    ch.queue_declare("unrouted", durable=True)
+    ch.queue_bind("unrouted", "ae")
+    ch.exchange_declare("main", "direct", durable=True, arguments={"alternate-exchange": "ae"})
+    ch.exchange_declare("transient", "fanout", durable=False)
+    ch.queue_bind("capped", "transient")
+    conn.close()
+    agent.stop()
+    agent.start()
+
+    conn = connect(agent)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for body in (b"1", b"2", b"3"):
+            ch.basic_publish("", "capped", body, pika.BasicProperties(delivery_mode=2))
+        # max-length 2 dropped the head into the dead-letter exchange
+        _, props, body = get_one(ch, "dead")
+        assert body == b"1" and props.headers["x-death"][0]["reason"] == "maxlen"
+        assert [b for _, _, b in drain(ch, "capped")] == [b"2", b"3"]
+        ch.basic_publish("main", "no-binding", b"to ae")
+        assert get_one(ch, "unrouted")[2] == b"to ae"
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.exchange_declare("transient", passive=True)
+        assert info.value.reply_code == 404
+    finally:
+        conn.close()
