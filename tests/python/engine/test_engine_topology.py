@@ -1,9 +1,12 @@
 """Exchanges, bindings and queue lifecycles."""
 
+import struct
+
 import pika
 import pytest
 
 from engine_helpers import Collector, drain, expect_channel_error, get_one, message_count, wait_count
+from engine_raw import RawConnection, method_frame, queue_declare_args, shortstr
 
 
 def queue_exists(conn, queue):
@@ -11,6 +14,8 @@ def queue_exists(conn, queue):
     try:
         probe.queue_declare(queue, passive=True)
     except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 405:
+            return True  # exists, exclusive to another connection
         assert e.reply_code == 404, e
         return False
     probe.close()
@@ -465,3 +470,25 @@ def test_sender_selected_distribution_cc_and_bcc(conn, ch):
         _, props, body = get_one(ch, q)
         assert body == b"m"
         assert props.headers == {"CC": [cc], "other": 1}, q
+
+
+def test_abrupt_disconnect_deletes_exclusive_queue_and_requeues_unacked(broker, conn, ch, names):
+    """A client that vanishes without connection.close (a dropped socket) loses its exclusive
+    queues, and its unacked deliveries go back to their queue, flagged redelivered."""
+    shared = names()
+    ch.queue_declare(shared)
+    ch.confirm_delivery()
+    ch.basic_publish("", shared, b"held")
+    exclusive = names()
+    with RawConnection(broker.host, broker.port) as c:
+        c.open()
+        c.open_channel(1)
+        c.send(method_frame(1, 50, 10, queue_declare_args(exclusive, exclusive=True)))
+        c.expect((50, 11))
+        c.send(method_frame(1, 60, 70, struct.pack("!H", 0) + shortstr(shared) + b"\x00"))  # get, ack later
+        c.expect((60, 71))
+        assert queue_exists(conn, exclusive)
+    # the socket is closed here, without any AMQP goodbye
+    wait_gone(conn, exclusive)
+    method, _, body = get_one(ch, shared)
+    assert body == b"held" and method.redelivered
