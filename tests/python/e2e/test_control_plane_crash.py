@@ -91,9 +91,21 @@ def test_kill9_control_plane_during_creation_and_kill9_agent(control_plane):
         assert pids[node] == old_pids[0], f"{node}'s agent was replaced instead of adopted"
     assert cp.node_dirs() == sorted(node_ids), "no orphaned (or missing) node data directories"
 
-    # kill -9 of one agent: it comes back on its data with its durable messages.
+    # With the control plane gone, brokers keep serving from their last configuration.
     victim = ids[0]
     port = amqp_port(client.describe_broker(BrokerId=victim))
+    cp.kill9()
+    conn = connect(port)
+    ch = conn.channel()
+    ch.queue_declare("while-cp-down")
+    ch.basic_publish("", "while-cp-down", b"still serving")
+    assert ch.basic_get("while-cp-down", auto_ack=True)[2] == b"still serving"
+    conn.close()
+    cp.start()
+    client = mq_client(cp)
+    assert assert_one_agent_per_node(cp, node_ids) == pids, "adopted again after a second crash"
+
+    # kill -9 of one agent: it comes back on its data with its durable messages.
     conn = connect(port)
     ch = conn.channel()
     ch.confirm_delivery()
