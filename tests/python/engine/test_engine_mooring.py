@@ -368,3 +368,51 @@ def test_queue_and_exchange_arguments_work_after_restart(agent_factory):
         assert info.value.reply_code == 404
     finally:
         conn.close()
+
+
+def test_restart_keeps_redelivered_flag_and_expires_what_ran_out(agent_factory):
+    """Checked on a private RabbitMQ 3.10 node: a persistent message delivered but not acked
+    before a restart comes back with redelivered=true; a per-message expiration that ran out
+    during the downtime removes the message; a queue-TTL expiry during the downtime
+    dead-letters the message when the queue recovers."""
+    agent = agent_factory()
+    conn = connect(agent)
+    ch = conn.channel()
+    ch.queue_declare("held", durable=True)
+    ch.queue_declare("per-message", durable=True)
+    ch.exchange_declare("dlx", "fanout", durable=True)
+    ch.queue_declare("dead", durable=True)
+    ch.queue_bind("dead", "dlx")
+    ch.queue_declare("ttl-dlx", durable=True, arguments={"x-message-ttl": 500, "x-dead-letter-exchange": "dlx"})
+    ch.confirm_delivery()
+    persistent = pika.BasicProperties(delivery_mode=2)
+    ch.basic_publish("", "held", b"h", persistent)
+    ch.basic_publish("", "per-message", b"expires", pika.BasicProperties(delivery_mode=2, expiration="500"))
+    ch.basic_publish("", "per-message", b"stays", persistent)
+    ch.basic_publish("", "ttl-dlx", b"dead-lettered", persistent)
+    method, _, _ = ch.basic_get("held", auto_ack=False)
+    assert method is not None and not method.redelivered
+    conn.close()  # the unacked message goes back to its queue
+    agent.stop()
+    time.sleep(0.8)  # both TTLs run out while the broker is down
+    agent.start()
+
+    conn = connect(agent)
+    problems = []  # all three checks are reported together
+    try:
+        ch = conn.channel()
+        method, _, body = get_one(ch, "held")
+        assert body == b"h"
+        if not method.redelivered:
+            problems.append("a message delivered before the restart came back with redelivered=false")
+        left = [b for _, _, b in drain(ch, "per-message")]
+        if left != [b"stays"]:
+            problems.append(f"per-message expiration ignored across the restart: {left}")
+        time.sleep(0.2)
+        dead = [(p.headers or {}).get("x-death", [{}])[0].get("reason") for _, p, _ in drain(ch, "dead")]
+        left = ch.queue_declare("ttl-dlx", passive=True).method.message_count
+        if dead != ["expired"] or left != 0:
+            problems.append(f"queue TTL with dead-lettering ignored across the restart: dead={dead}, left={left}")
+    finally:
+        conn.close()
+    assert not problems, problems
