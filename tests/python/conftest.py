@@ -7,11 +7,9 @@ live in the conftest.py of each sub-directory.
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
