@@ -4,7 +4,7 @@
 #
 # Environment (all optional):
 #   BENCH_DURATION   seconds per timed scenario per broker (default 10)
-#   BENCH_SCENARIOS  comma-separated subset of S1,S2-16B,S2-4KiB,S3,S4,S6,S7
+#   BENCH_SCENARIOS  comma-separated subset of S1,S2-16B,S2-4KiB,S3,S4,S6,S6-quorum,S7
 #   BENCH_BACKLOG    messages in the S3 backlog (default 1000000)
 #   BENCH_BROKERS    mooring,rabbitmq (default both)
 #   BENCH_JSON_OUT   also write every measurement as JSON to this file

@@ -38,11 +38,11 @@ pub struct Args {
     /// Seconds each timed scenario runs against each broker.
     #[arg(long, env = "BENCH_DURATION", default_value_t = 10.0)]
     pub duration: f64,
-    /// Scenarios to run, comma separated (S1,S2-16B,S2-4KiB,S3,S4,S6,S7).
+    /// Scenarios to run, comma separated (S1,S2-16B,S2-4KiB,S3,S4,S6,S6-quorum,S7).
     #[arg(
         long,
         env = "BENCH_SCENARIOS",
-        default_value = "S1,S2-16B,S2-4KiB,S3,S4,S6,S7"
+        default_value = "S1,S2-16B,S2-4KiB,S3,S4,S6,S6-quorum,S7"
     )]
     pub scenarios: String,
     /// Messages in the S3 backlog.

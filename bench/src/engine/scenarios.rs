@@ -61,6 +61,14 @@ pub fn all(backlog: u64) -> Vec<Scenario> {
             )),
         },
         Scenario {
+            name: "S6-quorum",
+            about: "confirm window 1 on a quorum queue: both brokers fsync before each confirm",
+            kind: Kind::Timed(flags(
+                "--size 16 --persistent --durable --confirm 1 --prefetch 200 --multi-ack 1 \
+                 --queue-args x-queue-type=quorum",
+            )),
+        },
+        Scenario {
             name: "S7",
             about: "quorum queue, persistent 16 B, confirm 100, prefetch 200, multi-ack 100",
             kind: Kind::Timed(flags(&format!(
@@ -112,6 +120,18 @@ mod tests {
             }
         }
         let names: Vec<_> = all(1).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["S1", "S2-16B", "S2-4KiB", "S3", "S4", "S6", "S7"]);
+        assert_eq!(
+            names,
+            [
+                "S1",
+                "S2-16B",
+                "S2-4KiB",
+                "S3",
+                "S4",
+                "S6",
+                "S6-quorum",
+                "S7"
+            ]
+        );
     }
 }
