@@ -336,9 +336,12 @@ pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, A
     let broker = get_broker(state, id).await?;
     // DescribeBroker lists users without paging; a broker's user count is bounded in
     // practice by what an operator creates by hand.
-    let users = state.store.user_list(&broker.id, None, 10_000).await?;
-    let tags = state.store.tag_list(&broker.arn).await?;
-    let instances = broker_instances(state, &broker).await?;
+    // Independent reads, on separate pooled connections: one round trip of latency.
+    let (users, tags, instances) = tokio::try_join!(
+        async { Ok::<_, ApiError>(state.store.user_list(&broker.id, None, 10_000).await?) },
+        async { Ok::<_, ApiError>(state.store.tag_list(&broker.arn).await?) },
+        broker_instances(state, &broker),
+    )?;
     Ok(BrokerView {
         broker,
         users,
