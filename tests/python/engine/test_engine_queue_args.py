@@ -388,3 +388,20 @@ def test_dead_letter_routing_key_needs_an_exchange(conn, ch, names):
         406,
         "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key'",
     )
+
+
+def test_max_length_counts_ready_messages_and_applies_on_requeue(conn, ch, names):
+    """x-max-length counts ready messages only, so unacked ones do not take room; when they are
+    requeued the limit applies again and drops from the head (RabbitMQ 3.10)."""
+    queue = names()
+    ch.queue_declare(queue, arguments={"x-max-length": 2})
+    ch.confirm_delivery()
+    for body in (b"1", b"2"):
+        ch.basic_publish("", queue, body)
+    held = [get_one(ch, queue, auto_ack=False)[0] for _ in range(2)]
+    for body in (b"3", b"4", b"5"):
+        ch.basic_publish("", queue, body)
+    assert message_count(ch, queue) == 2  # 4 and 5 ready; 1 and 2 unacked
+    ch.basic_nack(held[1].delivery_tag, multiple=True, requeue=True)
+    time.sleep(0.1)
+    assert [b for _, _, b in drain(ch, queue)] == [b"4", b"5"]
