@@ -390,11 +390,12 @@ def test_dead_letter_routing_key_needs_an_exchange(conn, ch, names):
     )
 
 
-def test_max_length_counts_ready_messages_and_applies_on_requeue(conn, ch, names):
-    """x-max-length counts ready messages only, so unacked ones do not take room; when they are
+@pytest.mark.parametrize("limit", [{"x-max-length": 2}, {"x-max-length-bytes": 2}], ids=["length", "bytes"])
+def test_max_length_counts_ready_messages_and_applies_on_requeue(conn, ch, names, limit):
+    """The limit counts ready messages only, so unacked ones do not take room; when they are
     requeued the limit applies again and drops from the head (RabbitMQ 3.10)."""
     queue = names()
-    ch.queue_declare(queue, arguments={"x-max-length": 2})
+    ch.queue_declare(queue, arguments=limit)
     ch.confirm_delivery()
     for body in (b"1", b"2"):
         ch.basic_publish("", queue, body)
@@ -405,3 +406,28 @@ def test_max_length_counts_ready_messages_and_applies_on_requeue(conn, ch, names
     ch.basic_nack(held[1].delivery_tag, multiple=True, requeue=True)
     time.sleep(0.1)
     assert [b for _, _, b in drain(ch, queue)] == [b"4", b"5"]
+
+
+def test_max_length_drop_on_requeue_dead_letters(conn, ch, names):
+    dlx, source, dead = dlx_pair(ch, names, **{"x-max-length": 1})
+    ch.confirm_delivery()
+    ch.basic_publish("", source, b"1")
+    held, _, _ = get_one(ch, source, auto_ack=False)
+    ch.basic_publish("", source, b"2")
+    ch.basic_nack(held.delivery_tag, requeue=True)
+    _, props, body = get_one(ch, dead)
+    assert body == b"1"
+    assert_x_death(props, source, "maxlen", [source])
+    assert [b for _, _, b in drain(ch, source)] == [b"2"]
+
+
+def test_zero_per_message_expiration_is_not_kept_for_later_consumers(conn, ch, names):
+    queue = names()
+    ch.queue_declare(queue)
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"now or never", pika.BasicProperties(expiration="0"))
+    collector = Collector(conn, ch, queue, auto_ack=True)
+    ch.basic_publish("", queue, b"taken at once", pika.BasicProperties(expiration="0"))
+    collector.wait(1)
+    collector.settle(0.2)
+    assert collector.bodies() == [b"taken at once"]
