@@ -492,3 +492,46 @@ def test_abrupt_disconnect_deletes_exclusive_queue_and_requeues_unacked(broker, 
     wait_gone(conn, exclusive)
     method, _, body = get_one(ch, shared)
     assert body == b"held" and method.redelivered
+
+
+def test_headers_exchange_with_x_modes_void_values_and_empty_bindings(conn, ch, names):
+    """RabbitMQ 3.10: any-with-x/all-with-x also match x- headers; a void binding value
+    matches on presence; an empty all-binding matches everything, an empty any-binding
+    nothing."""
+    exchange = names("h")
+    ch.exchange_declare(exchange, "headers")
+    bindings = {
+        "any-with-x": {"x-match": "any-with-x", "x-k": "1"},
+        "all-with-x": {"x-match": "all-with-x", "x-k": "1", "a": "1"},
+        "void-any": {"x-match": "any", "flag": None},
+        "all-empty": {"x-match": "all"},
+        "any-empty": {"x-match": "any"},
+    }
+    queues = {}
+    for name, args in bindings.items():
+        queues[name] = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(queues[name], exchange, arguments=args)
+    ch.confirm_delivery()
+    messages = {"xk": {"x-k": "1"}, "xk-a": {"x-k": "1", "a": "1"}, "flag-void": {"flag": None}, "flag-1": {"flag": "1"}, "none": {}}
+    for body, headers in messages.items():
+        ch.basic_publish(exchange, "", body.encode(), pika.BasicProperties(headers=headers))
+    got = {name: [b.decode() for _, _, b in drain(ch, q)] for name, q in queues.items()}
+    assert got == {
+        "any-with-x": ["xk", "xk-a"],
+        "all-with-x": ["xk-a"],
+        "void-any": ["flag-void", "flag-1"],
+        "all-empty": ["xk", "xk-a", "flag-void", "flag-1", "none"],
+        "any-empty": [],
+    }
+
+
+def test_headers_binding_with_invalid_x_match(conn, ch, names):
+    exchange, queue = names("h"), names()
+    ch.exchange_declare(exchange, "headers")
+    ch.queue_declare(queue)
+    expect_channel_error(
+        ch,
+        lambda: ch.queue_bind(queue, exchange, arguments={"x-match": "bogus"}),
+        406,
+        "PRECONDITION_FAILED - Invalid x-match field value",
+    )
