@@ -338,8 +338,26 @@ def test_inequivalent_exchange_redeclare(conn, ch, names):
         ({"x-overflow": "explode"}, "PRECONDITION_FAILED - invalid arg 'x-overflow'"),
         ({"x-expires": 0}, "PRECONDITION_FAILED - invalid arg 'x-expires'"),
         ({"x-queue-type": "nonsense"}, "PRECONDITION_FAILED - invalid arg 'x-queue-type'"),
+        ({"x-queue-mode": "bogus"}, "PRECONDITION_FAILED - invalid arg 'x-queue-mode'"),
+        ({"x-message-ttl": 2**40}, "PRECONDITION_FAILED - invalid arg 'x-message-ttl'"),
+        ({"x-message-ttl": "100"}, "PRECONDITION_FAILED - invalid arg 'x-message-ttl'"),
+        ({"x-max-length": True}, "PRECONDITION_FAILED - invalid arg 'x-max-length'"),
+        ({"x-single-active-consumer": "yes"}, "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer'"),
+        ({"x-dead-letter-exchange": 5}, "PRECONDITION_FAILED - invalid "),
     ],
-    ids=["negative-ttl", "string-max-length", "unknown-overflow", "zero-expires", "unknown-type"],
+    ids=[
+        "negative-ttl",
+        "string-max-length",
+        "unknown-overflow",
+        "zero-expires",
+        "unknown-type",
+        "unknown-mode",
+        "ttl-too-large",
+        "string-ttl",
+        "bool-max-length",
+        "string-sac",
+        "int-dlx",
+    ],
 )
 def test_invalid_queue_arguments(conn, ch, names, arguments, text):
     expect_channel_error(ch, lambda: ch.queue_declare(names(), arguments=arguments), 406, text)
@@ -431,3 +449,28 @@ def test_zero_per_message_expiration_is_not_kept_for_later_consumers(conn, ch, n
     collector.wait(1)
     collector.settle(0.2)
     assert collector.bodies() == [b"taken at once"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"x-overflow": "reject-publish-dlx"},
+        {"x-queue-mode": "lazy"},
+        {"x-queue-type": "classic"},
+        {"x-unknown-argument": 1},
+    ],
+    ids=["reject-publish-dlx", "lazy", "classic", "unknown-ignored"],
+)
+def test_valid_queue_arguments_are_accepted(conn, ch, names, arguments):
+    queue = names()
+    ch.queue_declare(queue, arguments=arguments)
+    ch.queue_declare(queue, arguments=arguments)  # and are equivalent to themselves
+
+
+def test_invalid_alternate_exchange_type(conn, ch, names):
+    expect_channel_error(
+        ch,
+        lambda: ch.exchange_declare(names("x"), "direct", arguments={"alternate-exchange": 5}),
+        406,
+        "PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange'",
+    )
