@@ -4,12 +4,19 @@
 //! that a pattern with fewer components whose last one ends in `*` lets that
 //! `*` run to the end of the ARN (`arn:aws:mq:*`).
 
-use super::wildcard::{Glob, Token};
+use super::wildcard::{prefix_hashes, Glob, Token};
 
 const COMPONENTS: usize = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArnPattern {
+    /// The text before the first wildcard: every match starts with it, so
+    /// one comparison rejects most ARNs before any component is split.
+    literal_prefix: String,
+    /// FNV-1a of `literal_prefix`, compared before the string itself.
+    literal_prefix_hash: u64,
+    /// The whole pattern when it has no wildcard: then only equality matches.
+    exact: Option<String>,
     /// At most six components; the sixth (the resource) includes any further colons.
     parts: Vec<Glob>,
     /// The pattern is `*` alone: matches anything, ARN or not.
@@ -20,8 +27,23 @@ pub struct ArnPattern {
 
 impl ArnPattern {
     pub fn from_tokens(toks: &[Token]) -> Self {
+        let literal_prefix: String = toks
+            .iter()
+            .map_while(|t| match t {
+                Token::Char(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        let exact = (literal_prefix.chars().count() == toks.len()).then(|| literal_prefix.clone());
+        let literal_prefix_hash = prefix_hashes(&literal_prefix)
+            .last()
+            .copied()
+            .unwrap_or_default();
         if toks == [Token::AnyMany] {
             return ArnPattern {
+                literal_prefix,
+                literal_prefix_hash,
+                exact,
                 parts: Vec::new(),
                 any: true,
                 open_ended: true,
@@ -41,6 +63,9 @@ impl ArnPattern {
         parts.push(rest);
         let open_ended = parts.len() < COMPONENTS && rest.last() == Some(&Token::AnyMany);
         ArnPattern {
+            literal_prefix,
+            literal_prefix_hash,
+            exact,
             parts: parts.into_iter().map(Glob::from_tokens).collect(),
             any: false,
             open_ended,
@@ -61,34 +86,84 @@ impl ArnPattern {
     }
 
     pub fn matches(&self, arn: &str) -> bool {
+        self.matches_split(&SplitArn::new(arn))
+    }
+
+    /// Matches an ARN split once per request (the evaluator checks the same
+    /// resource against every statement).
+    pub fn matches_split(&self, arn: &SplitArn<'_>) -> bool {
         if self.any {
             return true;
         }
+        let prefix_len = self.literal_prefix.len();
+        if arn.hashes.get(prefix_len) != Some(&self.literal_prefix_hash)
+            || !arn.whole.starts_with(self.literal_prefix.as_str())
+        {
+            return false;
+        }
         let n = self.parts.len();
+        if let Some(exact) = &self.exact {
+            // A six-component literal pattern is the ARN itself; a shorter
+            // one (not open-ended) matches nothing.
+            return n == COMPONENTS && exact.len() == arn.whole.len() && exact == arn.whole;
+        }
         if n < COMPONENTS && !self.open_ended {
             return false;
         }
-        let mut rest = arn;
-        for (i, glob) in self.parts.iter().enumerate() {
-            let last = i + 1 == n;
-            // The last component of an open-ended pattern, and the sixth, take
-            // the rest of the ARN; the others end at the next colon.
-            let part = if last {
-                std::mem::take(&mut rest)
-            } else {
-                match rest.split_once(':') {
-                    Some((p, r)) => {
-                        rest = r;
-                        p
-                    }
-                    None => return false,
-                }
-            };
-            if !glob.matches(part) {
-                return false;
+        if n > arn.count {
+            return false;
+        }
+        // The last pattern component takes the rest of the ARN (the resource
+        // part, or everything after an open-ended star). Checked first: it
+        // is where patterns differ most.
+        let last = n - 1;
+        if !self.parts[last].matches(&arn.whole[arn.starts[last]..]) {
+            return false;
+        }
+        self.parts[..last]
+            .iter()
+            .enumerate()
+            .rev()
+            .all(|(i, glob)| glob.matches(arn.component(i)))
+    }
+}
+
+/// An ARN cut at its first five colons.
+#[derive(Debug, Clone)]
+pub struct SplitArn<'a> {
+    whole: &'a str,
+    /// `prefix_hashes(whole)`.
+    hashes: Vec<u64>,
+    /// Byte offset where each component starts.
+    starts: [usize; COMPONENTS],
+    /// How many components the text has (at most six).
+    count: usize,
+}
+
+impl<'a> SplitArn<'a> {
+    pub fn new(whole: &'a str) -> Self {
+        let mut starts = [0usize; COMPONENTS];
+        let mut count = 1;
+        for (i, b) in whole.bytes().enumerate() {
+            if count == COMPONENTS {
+                break;
+            }
+            if b == b':' {
+                starts[count] = i + 1;
+                count += 1;
             }
         }
-        true
+        SplitArn {
+            whole,
+            hashes: prefix_hashes(whole),
+            starts,
+            count,
+        }
+    }
+
+    /// Component `i` (not the last one), without its trailing colon.
+    fn component(&self, i: usize) -> &'a str {
+        &self.whole[self.starts[i]..self.starts[i + 1] - 1]
     }
 }
 

@@ -8,18 +8,28 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Condition keys are case-insensitive; they are stored lowercased. Every
 /// value is a string, as in IAM: operators give it a type when comparing.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RequestContext {
     /// Lowercased: actions match case-insensitively.
     action: String,
+    /// `prefix_hashes(action)`, for fast rejection of action patterns.
+    action_hashes: Vec<u64>,
     resource: String,
     keys: HashMap<String, Vec<String>>,
 }
 
+impl Default for RequestContext {
+    fn default() -> Self {
+        Self::new("", "")
+    }
+}
+
 impl RequestContext {
     pub fn new(action: &str, resource: &str) -> Self {
+        let action = action.to_ascii_lowercase();
         RequestContext {
-            action: action.to_ascii_lowercase(),
+            action_hashes: super::wildcard::prefix_hashes(&action),
+            action,
             resource: resource.to_owned(),
             keys: HashMap::new(),
         }
@@ -28,6 +38,10 @@ impl RequestContext {
     /// The action, lowercased.
     pub fn action(&self) -> &str {
         &self.action
+    }
+
+    pub(super) fn action_hashes(&self) -> &[u64] {
+        &self.action_hashes
     }
 
     pub fn resource(&self) -> &str {

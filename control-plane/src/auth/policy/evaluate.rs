@@ -6,7 +6,7 @@
 //! not with the account. Within a statement the cheap checks come first:
 //! action, then resource, then conditions.
 
-use super::arn::ArnPattern;
+use super::arn::{ArnPattern, SplitArn};
 use super::context::RequestContext;
 use super::parse::{Effect, Policy, ResourcePattern, Statement};
 
@@ -44,13 +44,16 @@ impl Decision<'_> {
 }
 
 fn action_applies(st: &Statement, ctx: &RequestContext) -> bool {
-    let hit = st.actions.iter().any(|g| g.matches(ctx.action()));
+    let hit = st
+        .actions
+        .iter()
+        .any(|g| g.matches_hashed(ctx.action(), ctx.action_hashes()));
     hit != st.not_action
 }
 
-fn resource_applies(st: &Statement, ctx: &RequestContext) -> bool {
+fn resource_applies(st: &Statement, ctx: &RequestContext, arn: &SplitArn<'_>) -> bool {
     let hit = st.resources.iter().any(|r| match r {
-        ResourcePattern::Static(p) => p.matches(ctx.resource()),
+        ResourcePattern::Static(p) => p.matches_split(arn),
         // A variable without a value makes the entry match nothing.
         ResourcePattern::Templated(t) => t
             .resolve_tokens(ctx)
@@ -61,13 +64,18 @@ fn resource_applies(st: &Statement, ctx: &RequestContext) -> bool {
 
 /// Whether a statement applies to the request (its effect aside).
 pub fn statement_applies(st: &Statement, ctx: &RequestContext) -> bool {
+    applies(st, ctx, &SplitArn::new(ctx.resource()))
+}
+
+fn applies(st: &Statement, ctx: &RequestContext, arn: &SplitArn<'_>) -> bool {
     action_applies(st, ctx)
-        && resource_applies(st, ctx)
+        && resource_applies(st, ctx, arn)
         && st.conditions.iter().all(|c| c.evaluate(ctx))
 }
 
 /// Evaluates the request against every statement of every policy.
 pub fn evaluate<'p>(policies: &[&'p Policy], ctx: &RequestContext) -> Decision<'p> {
+    let arn = SplitArn::new(ctx.resource());
     let mut allowed = None;
     for (policy_index, policy) in policies.iter().enumerate() {
         for (statement_index, st) in policy.statements.iter().enumerate() {
@@ -75,7 +83,7 @@ pub fn evaluate<'p>(policies: &[&'p Policy], ctx: &RequestContext) -> Decision<'
             if allowed.is_some() && st.effect == Effect::Allow {
                 continue;
             }
-            if !statement_applies(st, ctx) {
+            if !applies(st, ctx, &arn) {
                 continue;
             }
             let at = StatementRef {

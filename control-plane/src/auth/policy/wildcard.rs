@@ -146,10 +146,10 @@ pub struct Glob {
 enum Kind {
     /// `*`
     Any,
-    /// No wildcard at all.
-    Exact(String),
+    /// No wildcard at all; `hash` is [`prefix_hashes`]'s last entry for it.
+    Exact { text: String, hash: u64 },
     /// `literal*`, the common `mq:Describe*`.
-    Prefix(String),
+    Prefix { text: String, hash: u64 },
     /// No `*`; one or more `?`.
     Single(Segment),
     /// At least one `*`: `first*middle*...*last`.
@@ -179,7 +179,10 @@ impl Glob {
         let kind = if n == 1 {
             let seg = Segment::new(segments.remove(0));
             match seg.literal {
-                Some(lit) => Kind::Exact(lit),
+                Some(lit) => Kind::Exact {
+                    hash: fnv1a(lit.as_bytes()),
+                    text: lit,
+                },
                 None => Kind::Single(seg),
             }
         } else {
@@ -192,7 +195,10 @@ impl Glob {
                 .collect();
             match (&first.literal, middle.is_empty(), last.chars.is_empty()) {
                 (Some(f), true, true) if f.is_empty() => Kind::Any,
-                (Some(f), true, true) => Kind::Prefix(f.clone()),
+                (Some(f), true, true) => Kind::Prefix {
+                    hash: fnv1a(f.as_bytes()),
+                    text: f.clone(),
+                },
                 _ => Kind::General {
                     first,
                     middle,
@@ -205,14 +211,14 @@ impl Glob {
 
     /// Whether the pattern has no wildcard (it is then just a string).
     pub fn is_literal(&self) -> bool {
-        matches!(self.kind, Kind::Exact(_))
+        matches!(self.kind, Kind::Exact { .. })
     }
 
     pub fn matches(&self, text: &str) -> bool {
         match &self.kind {
             Kind::Any => true,
-            Kind::Exact(s) => s == text,
-            Kind::Prefix(p) => text.starts_with(p.as_str()),
+            Kind::Exact { text: s, .. } => s == text,
+            Kind::Prefix { text: p, .. } => text.starts_with(p.as_str()),
             Kind::Single(seg) => seg.match_prefix(text) == Some(text.len()),
             Kind::General {
                 first,
@@ -236,6 +242,45 @@ impl Glob {
                 }
                 true
             }
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// The FNV-1a hash of every prefix of `text` (entry `i` hashes `text[..i]`).
+/// Computed once per request for the action, it lets each statement reject
+/// a literal or `prefix*` action pattern with one integer comparison instead
+/// of a string comparison.
+pub fn prefix_hashes(text: &str) -> Vec<u64> {
+    let mut out = Vec::with_capacity(text.len() + 1);
+    let mut h = FNV_OFFSET;
+    out.push(h);
+    for b in text.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        out.push(h);
+    }
+    out
+}
+
+impl Glob {
+    /// [`Glob::matches`], given `prefix_hashes(text)`.
+    pub fn matches_hashed(&self, text: &str, hashes: &[u64]) -> bool {
+        match &self.kind {
+            Kind::Exact { text: s, hash } => {
+                hashes.len() == s.len() + 1 && hashes[s.len()] == *hash && s == text
+            }
+            Kind::Prefix { text: p, hash } => {
+                hashes.get(p.len()) == Some(hash) && text.starts_with(p.as_str())
+            }
+            _ => self.matches(text),
         }
     }
 }
@@ -272,6 +317,28 @@ mod tests {
         assert!(m("*?", "ሴ"));
         assert!(!m("??", "ሴ"));
         assert!(m("x*ሴ?", "xaሴb"));
+    }
+
+    #[test]
+    fn hashed_matching_agrees() {
+        for (p, t) in [
+            ("mq:describe*", "mq:describebroker"),
+            ("mq:describe*", "mq:deletebroker"),
+            ("mq:deletebroker", "mq:deletebroker"),
+            ("mq:deletebroker", "mq:rebootbroker"),
+            ("mq:deletebroker", "mq:deletebrokers"),
+            ("mq:*", "mq:x"),
+            ("*", ""),
+            ("mq:*broker", "mq:deletebroker"),
+            ("mq:list*", "mq:lis"),
+        ] {
+            let g = Glob::new(p);
+            assert_eq!(
+                g.matches_hashed(t, &prefix_hashes(t)),
+                g.matches(t),
+                "{p} {t}"
+            );
+        }
     }
 
     #[test]

@@ -214,18 +214,23 @@ fn check_signature(
     }
 }
 
-/// Verifies an already parsed request against the credential found for its
-/// access key id (`None`: no such key). For callers that look the secret up
-/// asynchronously between [`parse_request`] and this.
-pub fn verify_parsed(
+/// The checks that need no secret: scope and clock.
+fn precheck(
+    signed: &SignedRequest,
+    cfg: &VerifyConfig,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    check_scope(signed, cfg)?;
+    check_time(signed, cfg, now)
+}
+
+/// The checks that need the credential, after [`precheck`].
+fn check_with_credential(
     parts: &RequestParts<'_>,
     signed: &SignedRequest,
     credential: Option<&Credential>,
     cfg: &VerifyConfig,
-    now: DateTime<Utc>,
 ) -> Result<VerifiedCaller, AuthError> {
-    check_scope(signed, cfg)?;
-    check_time(signed, cfg, now)?;
     check_signed_headers(signed, parts)?;
     let payload_hash = payload_hash(parts, cfg)?;
     let credential = credential.ok_or(AuthError::UnrecognizedClient)?;
@@ -241,6 +246,20 @@ pub fn verify_parsed(
     })
 }
 
+/// Verifies an already parsed request against the credential found for its
+/// access key id (`None`: no such key). For callers that look the secret up
+/// asynchronously between [`parse_request`] and this.
+pub fn verify_parsed(
+    parts: &RequestParts<'_>,
+    signed: &SignedRequest,
+    credential: Option<&Credential>,
+    cfg: &VerifyConfig,
+    now: DateTime<Utc>,
+) -> Result<VerifiedCaller, AuthError> {
+    precheck(signed, cfg, now)?;
+    check_with_credential(parts, signed, credential, cfg)
+}
+
 /// Verifies a SigV4-signed request, header or presigned form.
 pub fn verify(
     parts: &RequestParts<'_>,
@@ -249,9 +268,8 @@ pub fn verify(
     now: DateTime<Utc>,
 ) -> Result<VerifiedCaller, AuthError> {
     let signed = parse_request(parts)?;
-    // Scope and clock first: requests that can never verify cost no lookup.
-    check_scope(&signed, cfg)?;
-    check_time(&signed, cfg, now)?;
+    // Requests that can never verify cost no lookup.
+    precheck(&signed, cfg, now)?;
     let credential = secrets.lookup(&signed.access_key_id);
-    verify_parsed(parts, &signed, credential.as_ref(), cfg, now)
+    check_with_credential(parts, &signed, credential.as_ref(), cfg)
 }
