@@ -20,6 +20,7 @@ from engine_raw import (
     CHANNEL_CLOSE_OK,
     CONNECTION_CLOSE,
     CONNECTION_CLOSE_OK,
+    Closed,
     RawConnection,
     body_frame,
     content_header_frame,
@@ -316,3 +317,27 @@ def test_access_request_is_answered(broker):
         c.send(method_frame(1, 30, 10, shortstr("/data") + b"\x1f"))
         f = c.expect((30, 11))
         assert f.payload[4:] == b"\x00\x01"
+
+
+@pytest.mark.parametrize(
+    "channel_max,frame_max",
+    [(0, 10_000_000), (0, 1000), (65535, 131072)],
+    ids=["frame-max-above-server", "frame-max-below-4096", "channel-max-above-server"],
+)
+def test_tune_ok_outside_the_servers_limits_is_refused(broker, channel_max, frame_max):
+    """RabbitMQ refuses to open a connection whose tune-ok exceeds what it offered or asks for
+    frames below the 4096-byte minimum ("failed to negotiate connection parameters"): the
+    connection is closed, never opened."""
+    with RawConnection(broker.host, broker.port) as c:
+        c.send(PROTOCOL_HEADER)
+        c.expect(CONNECTION_START)
+        assert c.handshake_start_ok().method == CONNECTION_TUNE
+        try:
+            c.send(method_frame(0, 10, 31, struct.pack("!HIH", channel_max, frame_max, 0)))
+            c.send(method_frame(0, 10, 40, shortstr("/") + shortstr("") + b"\x00"))
+            f = c.read_method()
+        except (Closed, ConnectionResetError, BrokenPipeError):
+            return  # dropped, as RabbitMQ does
+        assert f.method == CONNECTION_CLOSE, f"connection opened with tune-ok {channel_max}/{frame_max}: {f!r}"
+        code, text, _, _ = f.close_args()
+        assert code in (501, 503, 530), (code, text)
