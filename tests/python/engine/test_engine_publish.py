@@ -4,6 +4,7 @@ import datetime
 import random
 import decimal
 import struct
+import time
 
 import pika
 import pytest
@@ -316,3 +317,29 @@ def test_unicode_queue_name_of_254_bytes(conn, ch):
     ch.queue_declare(name, exclusive=True)
     ch.basic_publish("", name, b"u")
     assert get_one(ch, name)[2] == b"u"
+
+
+def test_tx_returns_come_at_commit_and_nacks_are_transactional(conn, ch):
+    returns = []
+    ch.add_on_return_callback(lambda _ch, _method, _props, body: returns.append(body))
+    ch.tx_select()
+    ch.basic_publish("amq.direct", "mooring-test.nowhere", b"returned", mandatory=True)
+    conn.process_data_events(time_limit=0.3)
+    assert returns == [], "basic.return before tx.commit"
+    ch.tx_commit()
+    deadline = time.monotonic() + 5
+    while not returns:
+        assert time.monotonic() < deadline, "no basic.return after tx.commit"
+        conn.process_data_events(time_limit=0.05)
+    assert returns == [b"returned"]
+
+    queue = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", queue, b"a")
+    ch.tx_commit()
+    method, _, _ = get_one(ch, queue, auto_ack=False)
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    ch.tx_rollback()
+    assert message_count(ch, queue) == 0  # the nack was rolled back: still unacked
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    ch.tx_commit()
+    assert message_count(ch, queue) == 1
