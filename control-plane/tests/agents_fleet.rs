@@ -402,7 +402,7 @@ fn fleet_of_simulated_agents() {
         tokio::spawn(async move {
             for _ in 0..passes {
                 let mut schedule = Schedule::default();
-                mooring_control_plane::reconcile::provision_pass(&p, &mut schedule, true)
+                mooring_control_plane::reconcile::provision_pass(&p, &mut schedule)
                     .await
                     .expect("pass");
             }

@@ -6,7 +6,7 @@
 //!
 //! The driver here runs a pass on a timer and whenever the API or an agent wakes the
 //! reconcilers, skips brokers that are backing off after failures (with jitter) or that
-//! converged recently ([`backoff`]), works on several brokers at once, and records each
+//! converged recently and whose row has not changed since ([`backoff`]), works on several brokers at once, and records each
 //! pass's outcome and duration in the metrics registry.
 
 pub mod backoff;
@@ -41,8 +41,7 @@ pub async fn run(
 ) {
     let mut wakeups = state.reconcile_wakeups();
     let provisioner = Provisioner::new(state, provider, region);
-    let mut schedule: Schedule<BrokerId> = Schedule::default();
-    let mut woken = true;
+    let mut schedule: Schedule<BrokerId, Fingerprint> = Schedule::default();
     tokio::pin!(shutdown);
     for pass in 0u64.. {
         if pass % ORPHAN_EVERY_PASSES == 0 {
@@ -51,7 +50,7 @@ pub async fn run(
             }
         }
         let started = Instant::now();
-        let outcome = match provision_pass(&provisioner, &mut schedule, woken).await {
+        let outcome = match provision_pass(&provisioner, &mut schedule).await {
             Ok(()) => "ok",
             Err(e) => {
                 tracing::warn!("provision pass failed: {e:#}");
@@ -62,32 +61,30 @@ pub async fn run(
             .state()
             .metrics
             .reconcile_finished("provision", outcome, started.elapsed());
-        woken = tokio::select! {
+        tokio::select! {
             _ = &mut shutdown => return,
             changed = wakeups.changed() => {
                 if changed.is_err() {
                     // Every sender is gone: the app is shutting down.
                     return;
                 }
-                true
             }
-            _ = tokio::time::sleep(PASS_INTERVAL) => false,
-        };
+            _ = tokio::time::sleep(PASS_INTERVAL) => {}
+        }
     }
 }
 
 /// One pass over every broker that is due.
 pub async fn provision_pass(
     provisioner: &Provisioner,
-    schedule: &mut Schedule<BrokerId>,
-    woken: bool,
+    schedule: &mut Schedule<BrokerId, Fingerprint>,
 ) -> anyhow::Result<()> {
     let brokers = list_all(provisioner).await?;
     schedule.retain(|id| brokers.iter().any(|b| &b.id == id));
     let now = Instant::now();
     let due: Vec<&BrokerRecord> = brokers
         .iter()
-        .filter(|b| schedule.due(&b.id, now, woken))
+        .filter(|b| schedule.due(&b.id, now, &fingerprint(b)))
         .collect();
     let mut results = Vec::with_capacity(due.len());
     for chunk in due.chunks(CONCURRENT_BROKERS) {
@@ -96,9 +93,9 @@ pub async fn provision_pass(
         );
     }
     let now = Instant::now();
-    for (id, result) in results {
+    for (id, seen, result) in results {
         match result {
-            Ok(Outcome::Converged) => schedule.converged(&id, now),
+            Ok(Outcome::Converged) => schedule.converged(&id, now, seen),
             Ok(Outcome::Progressing) => schedule.progressing(&id),
             Err(e) => {
                 schedule.failed(&id, now);
@@ -109,14 +106,20 @@ pub async fn provision_pass(
     Ok(())
 }
 
+/// What identifies a version of a broker's row: every write bumps `version`, every change
+/// the nodes must see bumps `generation`.
+pub type Fingerprint = (i64, i64);
+
+fn fingerprint(b: &BrokerRecord) -> Fingerprint {
+    (b.version, b.generation)
+}
+
 async fn reconcile_one(
     provisioner: &Provisioner,
     broker: &BrokerRecord,
-) -> (BrokerId, anyhow::Result<Outcome>) {
-    (
-        broker.id.clone(),
-        provisioner.reconcile_broker(broker).await,
-    )
+) -> (BrokerId, Fingerprint, anyhow::Result<Outcome>) {
+    let result = provisioner.reconcile_broker(broker).await;
+    (broker.id.clone(), fingerprint(broker), result)
 }
 
 async fn list_all(provisioner: &Provisioner) -> anyhow::Result<Vec<BrokerRecord>> {

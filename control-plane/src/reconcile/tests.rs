@@ -297,12 +297,12 @@ async fn failures_back_off_per_broker() {
     let id = insert_broker(&h.store, "failing").await;
     *h.fake.fail_starts.lock() = true;
     let mut schedule = Schedule::default();
-    provision_pass(&h.provisioner, &mut schedule, true)
+    provision_pass(&h.provisioner, &mut schedule)
         .await
         .expect("the pass itself succeeds");
     assert_eq!(schedule.failures(&id), 1);
-    // Backing off: an immediate pass (even a woken one) skips the broker.
-    provision_pass(&h.provisioner, &mut schedule, true)
+    // Backing off: an immediate pass skips the broker.
+    provision_pass(&h.provisioner, &mut schedule)
         .await
         .expect("pass");
     assert_eq!(schedule.failures(&id), 1);
@@ -383,4 +383,45 @@ async fn orphaned_provider_data_is_collected() {
         h.fake.running(&NodeId(format!("{id}-1"))),
         "recorded nodes are kept"
     );
+}
+
+#[tokio::test]
+async fn converged_brokers_wait_until_their_row_changes() {
+    let h = harness().await;
+    let id = insert_broker(&h.store, "quiet").await;
+    let node = NodeId(format!("{id}-1"));
+    h.pass(&id).await;
+    h.agent_reports(&node, 1).await;
+    h.pass(&id).await;
+    let mut schedule = Schedule::default();
+    provision_pass(&h.provisioner, &mut schedule)
+        .await
+        .expect("pass");
+    h.fake.ops();
+
+    // The agent dies; right away, the converged broker is not looked at again...
+    let long_ago = Utc::now() - chrono::Duration::seconds(60);
+    h.store
+        .node_mark_started(&node, Some(1), 0, long_ago)
+        .await
+        .expect("backdate");
+    h.fake.crash(&node);
+    provision_pass(&h.provisioner, &mut schedule)
+        .await
+        .expect("pass");
+    assert!(h.fake.ops().is_empty(), "not due: converged and unchanged");
+
+    // ...until its row changes (here a user change bumps the generation).
+    let user = crate::store::NewUser {
+        username: "bob".into(),
+        password_hash: "x".into(),
+        console_access: false,
+        groups: vec![],
+        replication_user: false,
+    };
+    h.store.user_create(&id, &user).await.expect("user");
+    provision_pass(&h.provisioner, &mut schedule)
+        .await
+        .expect("pass");
+    assert_eq!(h.fake.ops(), [format!("start {node}")]);
 }
