@@ -196,8 +196,13 @@ class AgentPool:
         return agent
 
     def close(self):
+        """Kills every agent, then fails if one of them panicked: a panic in a connection task
+        only shows to clients as a closed socket."""
         for agent in self.agents:
             agent.kill()
+        panicked = [a for a in self.agents if "panicked" in a.log_tail(limit=10**9)]
+        if panicked:
+            pytest.fail(f"mooring-agent panicked; log:\n{panicked[0].log_tail()}")
 
 
 # Fixtures, so that every suite shares these helpers without importing this module

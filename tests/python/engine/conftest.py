@@ -59,10 +59,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def broker(session_agent_factory):
     if TARGET == "rabbitmq":
-        return Broker("rabbitmq", *RABBITMQ_ADDR)
+        yield Broker("rabbitmq", *RABBITMQ_ADDR)
+        return
     agent = session_agent_factory()
     host, port = agent.amqp
-    return Broker("mooring", host, port, agent)
+    yield Broker("mooring", host, port, agent)
+    # A panic in a connection task is invisible to clients (the socket just closes), so the
+    # shared broker's log is checked once every test is done.
+    log = agent.log_tail(limit=10**9)
+    assert "panicked" not in log, f"mooring-agent panicked during the suite; log:\n{agent.log_tail()}"
 
 
 @pytest.fixture
