@@ -1,5 +1,6 @@
 """Consuming: get, acks, nacks and requeue, qos, cancel, single active consumer, recover."""
 
+import threading
 import time
 
 import pika
@@ -393,3 +394,37 @@ def test_requeued_messages_keep_their_queue_order(conn, ch, names):
         ch.basic_reject(tags[i], requeue=True)
     wait_count(ch, queue, 3)
     assert [b for _, _, b in drain(ch, queue)] == [b"m1", b"m3", b"m4"]
+
+
+def test_concurrent_publishers_keep_per_publisher_order(broker, conn, ch, names):
+    """Four publishers on their own connections, one consumer: nothing lost or duplicated,
+    and each publisher's messages arrive in the order it sent them."""
+    queue = names()
+    ch.queue_declare(queue)
+    per_publisher = 500
+    errors = []
+
+    def publish(p):
+        try:
+            c = broker.connect()
+            pch = c.channel()
+            pch.confirm_delivery()
+            for i in range(per_publisher):
+                pch.basic_publish("", queue, f"{p}:{i}".encode())
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(repr(e))
+
+    collector = Collector(conn, ch, queue, auto_ack=True)
+    threads = [threading.Thread(target=publish, args=(p,)) for p in range(4)]
+    for t in threads:
+        t.start()
+    collector.wait(4 * per_publisher, timeout=60)
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    seen = {}
+    for body in collector.bodies():
+        p, i = body.decode().split(":")
+        seen.setdefault(p, []).append(int(i))
+    assert seen == {str(p): list(range(per_publisher)) for p in range(4)}
