@@ -15,8 +15,8 @@ use crate::client::{close_error, Client, CHANNEL};
 use crate::publisher::wall_clock_ns;
 use crate::stats::Histogram;
 use crate::wire::{
-    body_timestamp, deliver_tag, encode_method, write_unless_stopped, FrameReader, FRAME_BODY,
-    FRAME_METHOD,
+    body_timestamp, deliver_tag, encode_method, write_unless_stopped, FrameReader, Written,
+    FRAME_BODY, FRAME_METHOD,
 };
 
 /// How long a read waits before re-checking the stop flag and flushing a partial ack.
@@ -61,18 +61,21 @@ pub async fn run(
         &mut result,
     )
     .await;
-    if let Err(e) = outcome {
-        result.error = Some(format!("{e:#}"));
-    } else {
-        let mut out = Vec::new();
-        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: 200,
-            reply_text: "done".into(),
-            class_id: 0,
-            method_id: 0,
-        }));
-        if encode_method(&mut out, 0, close).is_ok() {
-            let _ = tokio::time::timeout(IDLE * 5, write.write_all(&out)).await;
+    match outcome {
+        Err(e) => result.error = Some(format!("{e:#}")),
+        // Ends inside a frame: a close would be read as its rest; dropping the socket ends it.
+        Ok(Written::StoppedTorn) => {}
+        Ok(_) => {
+            let mut out = Vec::new();
+            let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 200,
+                reply_text: "done".into(),
+                class_id: 0,
+                method_id: 0,
+            }));
+            if encode_method(&mut out, 0, close).is_ok() {
+                let _ = tokio::time::timeout(IDLE * 5, write.write_all(&out)).await;
+            }
         }
     }
     result
@@ -104,7 +107,7 @@ async fn consume_loop(
     stop: &AtomicBool,
     total: &AtomicU64,
     result: &mut ConsumerResult,
-) -> Result<()> {
+) -> Result<Written> {
     let mut acks = Acks::default();
     let mut out = Vec::with_capacity(4096);
     // Set by basic.deliver: the next body frame is the first of that message.
@@ -161,11 +164,12 @@ async fn consume_loop(
             }
         }
         if !out.is_empty() {
-            if !write_unless_stopped(write, &out, stop)
+            match write_unless_stopped(write, &out, stop)
                 .await
                 .context("writing acks")?
             {
-                return Ok(());
+                Written::All => {}
+                stopped => return Ok(stopped),
             }
             out.clear();
         }
@@ -174,7 +178,7 @@ async fn consume_loop(
                 .target
                 .is_some_and(|t| total.load(Ordering::Relaxed) >= t)
         {
-            return Ok(());
+            return Ok(Written::All);
         }
         match tokio::time::timeout(IDLE, reader.fill(read)).await {
             Ok(more) => {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::client::{close_error, Client, CHANNEL};
 use crate::wire::{
-    encode_method, write_unless_stopped, FrameReader, PublishTemplate, FRAME_METHOD,
+    encode_method, write_unless_stopped, FrameReader, PublishTemplate, Written, FRAME_METHOD,
 };
 
 /// Bytes gathered before one write: large enough to amortise the syscall, small enough
@@ -74,22 +74,32 @@ pub async fn run(
     let confirms = Arc::new(Confirms::default());
     let reader_task = tokio::spawn(read_confirms(read, reader, confirms.clone()));
     let mut result = PublisherResult::default();
-    if let Err(e) = publish_loop(&mut write, &spec, &stop, &published, &confirms, &mut result).await
-    {
-        result.error = Some(format!("{e:#}"));
+    let torn =
+        match publish_loop(&mut write, &spec, &stop, &published, &confirms, &mut result).await {
+            Ok(written) => written == Written::StoppedTorn,
+            Err(e) => {
+                result.error = Some(format!("{e:#}"));
+                false
+            }
+        };
+    if torn {
+        // The last frame is incomplete: anything more would be garbage to the broker.
+        // Dropping the socket ends the connection; what the reader sees now is moot.
+        reader_task.abort();
+    } else {
+        // Close politely so the broker does not log an abrupt disconnect; the reader sees
+        // close-ok (or the socket end) and exits.
+        let mut out = Vec::new();
+        if encode_method(&mut out, 0, close_method()).is_ok() {
+            let _ = tokio::time::timeout(POLL * 5, write.write_all(&out)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), reader_task).await;
+        if result.error.is_none() {
+            result.error = confirms.error.lock().take();
+        }
     }
-    // Close politely so the broker does not log an abrupt disconnect; the reader sees
-    // close-ok (or the socket end) and exits.
-    let mut out = Vec::new();
-    if encode_method(&mut out, 0, close_method()).is_ok() {
-        let _ = tokio::time::timeout(POLL * 5, write.write_all(&out)).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), reader_task).await;
     result.confirmed = confirms.confirmed.load(Ordering::Acquire);
     result.nacked = confirms.nacked.load(Ordering::Acquire);
-    if result.error.is_none() {
-        result.error = confirms.error.lock().take();
-    }
     result
 }
 
@@ -111,14 +121,14 @@ async fn publish_loop(
     published: &AtomicU64,
     confirms: &Confirms,
     result: &mut PublisherResult,
-) -> Result<()> {
+) -> Result<Written> {
     let per_batch = (BATCH_BYTES / spec.template.bytes.len()).max(1) as u64;
     let mut out = Vec::with_capacity(BATCH_BYTES + spec.template.bytes.len());
     let started = Instant::now();
     let mut seq = 0u64;
     loop {
         if stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(Written::StoppedClean);
         }
         if confirms.failed.load(Ordering::Acquire) {
             bail!("connection lost");
@@ -154,9 +164,10 @@ async fn publish_loop(
         for i in 0..allowed {
             spec.template.append(&mut out, now, seq + i);
         }
-        if !write_unless_stopped(write, &out, stop).await? {
+        match write_unless_stopped(write, &out, stop).await? {
+            Written::All => {}
             // Stopped mid-batch: those messages do not count as published.
-            return Ok(());
+            stopped => return Ok(stopped),
         }
         seq += allowed;
         published.store(seq, Ordering::Relaxed);
@@ -166,7 +177,7 @@ async fn publish_loop(
     if spec.confirm > 0 {
         while confirms.confirmed.load(Ordering::Acquire) < seq {
             if stop.load(Ordering::Relaxed) {
-                return Ok(());
+                return Ok(Written::StoppedClean);
             }
             if confirms.failed.load(Ordering::Acquire) {
                 bail!(
@@ -178,7 +189,7 @@ async fn publish_loop(
         }
     }
     result.finished_at = Some(Instant::now());
-    Ok(())
+    Ok(Written::All)
 }
 
 async fn read_confirms(mut read: OwnedReadHalf, mut reader: FrameReader, confirms: Arc<Confirms>) {

@@ -129,26 +129,43 @@ impl FrameReader {
     }
 }
 
-/// Writes all of `buf` unless `stop` is set while the broker is not reading (RabbitMQ's
-/// flow control blocks a publisher's socket for seconds): Ok(true) when all was written,
-/// Ok(false) when it gave up because of `stop`. Uses `write`, which is cancel-safe, under
-/// a short timeout, so that a blocked socket never keeps the run from ending.
+/// What a write that may be interrupted by the stop flag did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    All,
+    /// Stopped before writing anything: the stream is still at a frame boundary.
+    StoppedClean,
+    /// Stopped part-way: the stream ends inside a frame, so nothing more may be sent on
+    /// it (a connection.close would be read as the rest of that frame); only drop it.
+    StoppedTorn,
+}
+
+/// Writes all of `buf` unless `stop` is set while the broker is not reading (brokers'
+/// flow control blocks a publisher's socket for seconds). Uses `write`, which is
+/// cancel-safe, under a short timeout, so that a blocked socket never keeps the run from
+/// ending.
 pub async fn write_unless_stopped<W: AsyncWrite + Unpin>(
     io: &mut W,
     buf: &[u8],
     stop: &AtomicBool,
-) -> Result<bool> {
+) -> Result<Written> {
     let mut written = 0;
     while written < buf.len() {
         match tokio::time::timeout(WRITE_POLL, io.write(&buf[written..])).await {
             Ok(Ok(0)) => bail!("broker closed the connection"),
             Ok(Ok(n)) => written += n,
             Ok(Err(e)) => return Err(e).context("writing to the broker"),
-            Err(_) if stop.load(Ordering::Relaxed) => return Ok(false),
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                return Ok(if written == 0 {
+                    Written::StoppedClean
+                } else {
+                    Written::StoppedTorn
+                });
+            }
             Err(_) => {}
         }
     }
-    Ok(true)
+    Ok(Written::All)
 }
 
 /// Appends one frame to `out`.
@@ -334,11 +351,19 @@ mod tests {
         .await
         .expect("returns once stopped")
         .expect("no I/O error");
-        assert!(!gave_up);
-        let (mut roomy, _reader) = tokio::io::duplex(4096);
-        assert!(write_unless_stopped(&mut roomy, &[1u8; 100], &stop)
+        // the first call filled the pipe, so this one wrote nothing
+        assert_eq!(gave_up, Written::StoppedClean);
+        // stopped after part of the buffer went out: the stream is torn
+        let (mut small, _reader) = tokio::io::duplex(64);
+        let torn = write_unless_stopped(&mut small, &[0u8; 1024], &stop)
             .await
-            .expect("fits"));
+            .expect("no I/O error");
+        assert_eq!(torn, Written::StoppedTorn);
+        let (mut roomy, _reader) = tokio::io::duplex(4096);
+        let all = write_unless_stopped(&mut roomy, &[1u8; 100], &stop)
+            .await
+            .expect("fits");
+        assert_eq!(all, Written::All);
     }
 
     #[test]
