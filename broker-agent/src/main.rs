@@ -74,6 +74,10 @@ struct StandaloneArgs {
     /// Publishers are blocked when the data directory's disk has less free space (bytes).
     #[arg(long, env = "MOORING_DISK_FREE_LIMIT_BYTES", default_value_t = 50 * 1024 * 1024)]
     disk_free_limit_bytes: u64,
+    /// Message bodies held in memory beyond this many bytes are paged out to disk (queue logs)
+    /// and read back on delivery; bounds memory for large backlogs.
+    #[arg(long, env = "MOORING_BODY_MEMORY_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    body_memory_budget_bytes: u64,
     /// Period of the background fsync of classic durable queues, in milliseconds.
     #[arg(long, env = "MOORING_SYNC_INTERVAL_MS", default_value_t = 200)]
     sync_interval_ms: u64,
@@ -131,6 +135,7 @@ async fn standalone(a: StandaloneArgs) -> anyhow::Result<()> {
     config.memory_high_watermark_bytes = a.memory_high_watermark_bytes;
     config.disk_free_limit_bytes = a.disk_free_limit_bytes;
     config.sync_interval = Duration::from_millis(a.sync_interval_ms);
+    config.body_memory_budget_bytes = a.body_memory_budget_bytes;
     let engine = Engine::start(config).await?;
     shutdown_signal().await?;
     tracing::info!("shutting down");

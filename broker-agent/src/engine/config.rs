@@ -91,7 +91,7 @@ impl EngineConfig {
             heartbeat: Duration::from_secs(60),
             memory_high_watermark_bytes: 1024 * 1024 * 1024,
             disk_free_limit_bytes: 50 * 1024 * 1024,
-            body_memory_budget_bytes: 256 * 1024 * 1024,
+            body_memory_budget_bytes: 64 * 1024 * 1024,
             sync_interval: Duration::from_millis(200),
         }
     }

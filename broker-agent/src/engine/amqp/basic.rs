@@ -299,6 +299,12 @@ impl Connection {
                     prefetch: ch.prefetch,
                     unacked: Arc::new(AtomicU32::new(0)),
                 };
+                if !q.can_add_consumer(c.exclusive) {
+                    return Err(AmqpError::access_refused(format!(
+                        "queue '{}' in vhost '{}' in exclusive use",
+                        q.name, vh.name
+                    )));
+                }
                 if !c.nowait {
                     // consume-ok must precede the first delivery.
                     send_method(

@@ -86,7 +86,7 @@ pub async fn serve<S>(
                 let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, wait_close_ok(&mut reader)).await;
             }
             link.close();
-            let _ = tokio::time::timeout(WRITER_DRAIN_TIMEOUT, writer_task).await;
+            stop_writer(writer_task).await;
             return;
         }
     };
@@ -144,8 +144,18 @@ pub async fn serve<S>(
     broker.conns.lock().remove(&id);
     Stats::add(&broker.stats.connections, -1);
     link.close();
-    let _ = tokio::time::timeout(WRITER_DRAIN_TIMEOUT, writer_task).await;
+    stop_writer(writer_task).await;
     tracing::debug!(conn = id, "connection closed");
+}
+
+/// Lets the writer drain what is left; a peer that stopped reading gets its writer aborted.
+async fn stop_writer(mut writer_task: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(WRITER_DRAIN_TIMEOUT, &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
 }
 
 fn send_connection_close(link: &ConnLink, err: &AmqpError) {

@@ -442,6 +442,9 @@ impl Queue {
         Stats::add(&self.stats.unacked, -(n as i64));
         let mut dead = Dead::none();
         if self.is_deleted() {
+            // Nowhere to go back to: the messages are gone with their queue.
+            let bytes: u64 = entries.iter().map(|e| e.msg.size()).sum();
+            Stats::add(&self.stats.message_bytes, -(bytes as i64));
             return dead;
         }
         for mut e in entries {
@@ -455,6 +458,12 @@ impl Queue {
         }
         st.dispatch(self, now_ms, &mut dead);
         dead
+    }
+
+    /// Whether a consumer (exclusive or not) could be added now.
+    pub fn can_add_consumer(&self, exclusive: bool) -> bool {
+        let st = self.state.lock();
+        !((exclusive && !st.consumers.is_empty()) || st.consumers.iter().any(|x| x.exclusive))
     }
 
     /// Adds a consumer; fails if exclusivity forbids it.
