@@ -65,6 +65,9 @@ pub struct NodeFacts {
     /// The agent started with the current token has registered.
     pub registered: bool,
     pub engine_ready: bool,
+    /// The configuration generation the agent last reported applied (0: none yet, so the
+    /// node has no users and cannot serve anyone).
+    pub applied_generation: i64,
     pub last_heartbeat: Option<DateTime<Utc>>,
     /// The reboot generation the latest start satisfies.
     pub restart_generation: i64,
@@ -108,6 +111,7 @@ pub fn node_ready(facts: &NodeFacts, reboot_generation: i64, now: DateTime<Utc>)
     facts.running
         && facts.registered
         && facts.engine_ready
+        && facts.applied_generation > 0
         && heartbeat_fresh(facts.last_heartbeat, now)
         && facts.restart_generation >= reboot_generation
 }
@@ -145,6 +149,7 @@ mod tests {
             running,
             registered,
             engine_ready: ready,
+            applied_generation: if registered { 1 } else { 0 },
             last_heartbeat: hb_age_s.map(|s| now() - chrono::Duration::seconds(s)),
             restart_generation: restart,
             last_heard: hb_age_s
@@ -251,6 +256,12 @@ mod tests {
         assert!(!node_ready(&facts(true, true, true, None, 3), 3, now()));
         assert!(!node_ready(&facts(true, false, true, Some(0), 3), 3, now()));
         assert!(!node_ready(&facts(false, true, true, Some(0), 3), 3, now()));
+        let mut unconfigured = facts(true, true, true, Some(0), 3);
+        unconfigured.applied_generation = 0;
+        assert!(
+            !node_ready(&unconfigured, 3, now()),
+            "no configuration applied: no users yet"
+        );
         // A heartbeat stamped slightly in the future (clock skew between replicas) is fresh.
         assert!(heartbeat_fresh(
             Some(now() + chrono::Duration::seconds(1)),

@@ -128,6 +128,7 @@ impl Provisioner {
                 running: matches!(process, ProcessState::Running { .. }),
                 registered: node.registered_at.is_some(),
                 engine_ready: node.engine.ready,
+                applied_generation: node.applied_generation,
                 last_heartbeat: node.last_heartbeat,
                 restart_generation: node.restart_generation,
                 last_heard: [node.last_heartbeat, node.started_at, Some(self.started_at)]
