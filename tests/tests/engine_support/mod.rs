@@ -8,11 +8,22 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 
 /// Bound on connecting to a freshly started agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on any single broker round trip.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The random seed of a run: MOORING_CRASH_SEED to replay one, else fresh.
+pub fn seed() -> u64 {
+    std::env::var("MOORING_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
 
 pub async fn connect(uri: &str) -> Result<Connection> {
     tokio::time::timeout(
@@ -161,4 +172,38 @@ impl QueueLedger {
         );
         Ok(())
     }
+}
+
+/// Publishes `seqs` into `queue` and waits until every one is confirmed.
+pub async fn publish_confirmed(
+    conn: &Connection,
+    queue: &str,
+    seqs: std::ops::Range<u64>,
+) -> Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut confirms = Vec::new();
+    for seq in seqs {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body(queue, seq),
+                properties(queue, seq),
+            )
+            .await?;
+        confirms.push((seq, confirm));
+    }
+    for (seq, confirm) in confirms {
+        let confirmation = tokio::time::timeout(STEP_TIMEOUT, confirm)
+            .await
+            .context("confirm timed out")??;
+        ensure!(
+            matches!(confirmation, Confirmation::Ack(None)),
+            "seq {seq} not confirmed: {confirmation:?}"
+        );
+    }
+    ch.close(200, "published".into()).await?;
+    Ok(())
 }
