@@ -58,7 +58,7 @@ pub async fn serve(
 
     let state = AppState::new(store, config);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = spawn_background(&state, stop_rx);
+    let background = spawn_background(&state, addr, stop_rx);
     let app = http::router(state.clone()).merge(extra_routes(&state));
 
     let served = axum::serve(listener, app)
@@ -76,11 +76,15 @@ pub async fn serve(
     served
 }
 
-/// Starts the reconcilers. Each gets the state (store, config, metrics,
-/// `reconcile_wakeups()`) and a receiver that turns `true` on shutdown, and must
-/// return soon after. The provisioning side spawns its loops here.
-fn spawn_background(_state: &AppState, _stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    Vec::new()
+/// Starts the reconcilers (see `reconcile`): they get the state (store, config,
+/// metrics, `reconcile_wakeups()`), the address agents reach the control plane on, and
+/// a receiver that turns `true` on shutdown, after which they return soon.
+fn spawn_background(
+    state: &AppState,
+    listen: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    reconcile::spawn(state, listen, stop)
 }
 
 /// Routes served beside the public API: the agent API.
