@@ -246,13 +246,26 @@ def test_mechanisms_offered(broker):
 
 def test_amqplain_login(broker):
     """AMQPLAIN: the response is a field table without its length prefix."""
-    with RawConnection(broker.host, broker.port) as c:
+    def start_ok(c, password):
         c.send(PROTOCOL_HEADER)
         c.expect(CONNECTION_START)
-        response = table({"LOGIN": "guest", "PASSWORD": "guest"})[4:]
+        response = table({"LOGIN": "guest", "PASSWORD": password})[4:]
         start_ok = table(CLIENT_PROPERTIES) + shortstr("AMQPLAIN") + longstr(response) + shortstr("en_US")
         c.send(method_frame(0, 10, 11, start_ok))
-        c.expect(CONNECTION_TUNE)
+        return c.read_method()
+
+    with RawConnection(broker.host, broker.port) as c:
+        f = start_ok(c, "guest")
+        assert f.method == CONNECTION_TUNE
+        c.send(method_frame(0, 10, 31, f.payload[4:12]))
+        c.send(method_frame(0, 10, 40, shortstr("/") + shortstr("") + b"\x00"))
+        c.expect((10, 41))
+    with RawConnection(broker.host, broker.port) as c:
+        f = start_ok(c, "wrong")
+        assert f.method == CONNECTION_CLOSE
+        code, text, _, _ = f.close_args()
+        assert code == 403
+        assert text.startswith("ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN")
 
 
 def publish_args(exchange, routing_key, mandatory=False, immediate=False):

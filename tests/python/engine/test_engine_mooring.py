@@ -1,6 +1,7 @@
 """What only a broker we start can show: TLS, users from flags, the admin HTTP endpoints, and
 durability across a graceful restart and a SIGKILL. All marked mooring_only."""
 
+import base64
 import json
 import time
 import ssl
@@ -416,3 +417,26 @@ def test_restart_keeps_redelivered_flag_and_expires_what_ran_out(agent_factory):
     finally:
         conn.close()
     assert not problems, problems
+
+
+def test_passwords_are_not_stored_in_plain_text(agent_factory):
+    """Users are kept as hashes: the password appears in no file of the data directory, in
+    plain text or any common encoding."""
+    secret = "Very-Secret-Password-4711"
+    agent = agent_factory(extra_args=["--user", f"alice:{secret}", "--user", f"bob:{secret}"])
+    conn = connect(agent, "alice", secret)
+    conn.channel().queue_declare("durable", durable=True)  # makes the definitions be saved
+    conn.close()
+    agent.stop()
+    blobs = [p.read_bytes() for p in agent.data_dir.rglob("*") if p.is_file()]
+    assert blobs, "nothing was written to the data directory"
+    encodings = (
+        secret.encode(),
+        secret.encode("utf-16-le"),
+        secret.encode().hex().encode(),
+        base64.b64encode(secret.encode())[:20],
+    )
+    for needle in encodings:
+        assert not any(needle in blob for blob in blobs), f"password found in the data directory as {needle!r}"
+    agent.start()
+    connect(agent, "bob", secret).close()
