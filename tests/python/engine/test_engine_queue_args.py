@@ -474,3 +474,17 @@ def test_invalid_alternate_exchange_type(conn, ch, names):
         406,
         "PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange'",
     )
+
+
+def test_reject_publish_dlx_nacks_and_dead_letters(conn, ch, names):
+    """x-overflow reject-publish-dlx: the refused publish is nacked and also dead-lettered
+    with reason maxlen."""
+    dlx, source, dead = dlx_pair(ch, names, **{"x-max-length": 1, "x-overflow": "reject-publish-dlx"})
+    ch.confirm_delivery()
+    ch.basic_publish("", source, b"in")
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", source, b"refused")
+    _, props, body = get_one(ch, dead)
+    assert body == b"refused"
+    assert_x_death(props, source, "maxlen", [source])
+    assert [b for _, _, b in drain(ch, source)] == [b"in"]
