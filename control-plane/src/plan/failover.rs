@@ -110,7 +110,8 @@ pub enum LeadershipDecision {
     Refused(SwitchoverRefusal),
 }
 
-fn alive(n: &ReplicaFacts, policy: &FailoverPolicy, now: DateTime<Utc>) -> bool {
+/// Heard from within the heartbeat timeout.
+pub fn alive(n: &ReplicaFacts, policy: &FailoverPolicy, now: DateTime<Utc>) -> bool {
     // A heartbeat stamped slightly ahead of `now` (another replica's clock) counts as fresh.
     n.last_heartbeat
         .is_some_and(|t| now.signed_duration_since(t) < policy.heartbeat_timeout)
@@ -202,21 +203,55 @@ pub fn decide_leadership(
     }
 }
 
-/// Amazon MQ's `actionsRequired[].actionRequiredCode` for a broker without redundancy.
-pub const REDUNDANCY_LOST: &str = "MOORING_REDUNDANCY_LOST";
-/// ... and for a replicated broker with no node able to lead.
-pub const NO_LEADER: &str = "MOORING_NO_IN_SYNC_NODE";
+/// Why a broker shows CRITICAL_ACTION_REQUIRED: one `actionsRequired` entry. The codes are
+/// Mooring's own (Amazon MQ's documented codes name RabbitMQ alarms), prefixed so that no
+/// one mistakes them for Amazon's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionRequired {
+    /// The broker serves, but losing one more machine would lose confirmed publishes or stop
+    /// it: no follower is alive and in sync (or, during a failover, none is left beyond the
+    /// one being promoted).
+    RedundancyLost,
+    /// No node can serve: the leader is gone and no follower is alive and in sync.
+    NoLeader,
+}
+
+impl ActionRequired {
+    /// `actionRequiredCode`.
+    pub fn code(self) -> &'static str {
+        match self {
+            ActionRequired::RedundancyLost => "MOORING_REDUNDANCY_LOST",
+            ActionRequired::NoLeader => "MOORING_NO_IN_SYNC_NODE",
+        }
+    }
+
+    /// `actionRequiredInfo`.
+    pub fn info(self) -> &'static str {
+        match self {
+            ActionRequired::RedundancyLost => {
+                "The broker runs without an in-sync standby; it is being repaired. Another \
+                 failure before the repair completes would interrupt it."
+            }
+            ActionRequired::NoLeader => {
+                "No node holds every confirmed message and can lead; nothing was promoted, to \
+                 avoid losing confirmed messages. Bring the previous leader back, or reboot."
+            }
+        }
+    }
+}
 
 /// The status a running broker shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HonestStatus {
     Running,
-    CriticalActionRequired { code: &'static str },
+    CriticalActionRequired(ActionRequired),
 }
 
-/// RUNNING only while the broker can lose a machine without losing a confirmed publish:
-/// a serving leader and, for replicated brokers, at least one follower alive and in sync.
-/// A single-instance broker never had redundancy, so it is RUNNING whenever its leader is.
+/// RUNNING only while the broker can lose a machine without losing a confirmed publish: a
+/// serving leader and, for replicated brokers, a follower alive and in sync. While a
+/// failover is under way the status already describes the broker after it: the promoted
+/// follower leads, so one more eligible follower is needed for redundancy. A single-instance
+/// broker never had redundancy: it is RUNNING whenever its node is.
 pub fn honest_status(
     replicated: bool,
     nodes: &[ReplicaFacts],
@@ -224,22 +259,30 @@ pub fn honest_status(
     policy: &FailoverPolicy,
     now: DateTime<Utc>,
 ) -> HonestStatus {
-    let leader_serving = nodes
+    let leader_alive = nodes
         .iter()
-        .any(|n| n.role == Role::Leader && alive(n, policy, now))
-        && (!replicated || lease.is_some_and(|l| !l.released && now < l.expires_at));
-    let redundant = nodes.iter().any(|n| eligible(n, policy, now));
-    match (replicated, leader_serving, redundant) {
-        (false, true, _) | (true, true, true) => HonestStatus::Running,
-        (true, true, false) => HonestStatus::CriticalActionRequired {
-            code: REDUNDANCY_LOST,
-        },
-        // Between a leader's loss and a promotion the broker serves nothing; with an
-        // eligible follower that lasts one lease, so it is still reported as redundancy lost.
-        (true, false, true) => HonestStatus::CriticalActionRequired {
-            code: REDUNDANCY_LOST,
-        },
-        (_, false, _) => HonestStatus::CriticalActionRequired { code: NO_LEADER },
+        .any(|n| n.role == Role::Leader && alive(n, policy, now));
+    let eligible_followers = nodes.iter().filter(|n| eligible(n, policy, now)).count();
+    if !replicated {
+        return if leader_alive {
+            HonestStatus::Running
+        } else {
+            HonestStatus::CriticalActionRequired(ActionRequired::NoLeader)
+        };
+    }
+    let leader_serving = leader_alive && lease.is_some_and(|l| !l.released && now < l.expires_at);
+    // Followers left to stand by once someone leads.
+    let standby = if leader_serving {
+        eligible_followers
+    } else if eligible_followers > 0 {
+        eligible_followers - 1
+    } else {
+        return HonestStatus::CriticalActionRequired(ActionRequired::NoLeader);
+    };
+    if standby > 0 {
+        HonestStatus::Running
+    } else {
+        HonestStatus::CriticalActionRequired(ActionRequired::RedundancyLost)
     }
 }
 
@@ -547,6 +590,7 @@ mod tests {
 
     #[test]
     fn statuses() {
+        use ActionRequired::*;
         use HonestStatus::*;
         let p = FailoverPolicy::default();
         let cases = [
@@ -568,9 +612,7 @@ mod tests {
                     node("b", "z-b", F, false, (1, 1), Some(100)),
                 ],
                 lease(1_000),
-                CriticalActionRequired {
-                    code: REDUNDANCY_LOST,
-                },
+                CriticalActionRequired(RedundancyLost),
             ),
             (
                 "replicated, follower dead",
@@ -580,9 +622,7 @@ mod tests {
                     node("b", "z-b", F, true, (1, 1), Some(9_000)),
                 ],
                 lease(1_000),
-                CriticalActionRequired {
-                    code: REDUNDANCY_LOST,
-                },
+                CriticalActionRequired(RedundancyLost),
             ),
             (
                 "replicated, leader gone, nobody can lead",
@@ -592,7 +632,38 @@ mod tests {
                     node("b", "z-b", F, false, (1, 1), Some(100)),
                 ],
                 lease(-1_000),
-                CriticalActionRequired { code: NO_LEADER },
+                CriticalActionRequired(NoLeader),
+            ),
+            (
+                "cluster mid-failover: one follower leads next, another stands by",
+                true,
+                vec![
+                    node("a", "z-a", L, true, (1, 1), Some(9_000)),
+                    node("b", "z-b", F, true, (1, 1), Some(100)),
+                    node("c", "z-c", F, true, (1, 1), Some(100)),
+                ],
+                lease(-1_000),
+                Running,
+            ),
+            (
+                "active/standby mid-failover: the standby leads next, none is left",
+                true,
+                vec![
+                    node("a", "z-a", L, true, (1, 1), Some(9_000)),
+                    node("b", "z-b", F, true, (1, 1), Some(100)),
+                ],
+                lease(-1_000),
+                CriticalActionRequired(RedundancyLost),
+            ),
+            (
+                "replicated, leader's lease lapsed though it heartbeats: not serving",
+                true,
+                vec![
+                    node("a", "z-a", L, true, (1, 1), Some(100)),
+                    node("b", "z-b", F, true, (1, 1), Some(100)),
+                ],
+                lease(-1),
+                CriticalActionRequired(RedundancyLost),
             ),
             (
                 "single instance running: no redundancy expected",
@@ -606,7 +677,7 @@ mod tests {
                 false,
                 vec![node("a", "z-a", L, true, (1, 1), Some(9_000))],
                 None,
-                CriticalActionRequired { code: NO_LEADER },
+                CriticalActionRequired(NoLeader),
             ),
         ];
         for (why, replicated, nodes, lease, want) in cases {
@@ -669,6 +740,51 @@ mod tests {
                     prop_assert!(live_in_sync.is_empty());
                 }
                 other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        /// The safety rule, for failovers and switchovers alike: a promotion names an alive,
+        /// in-sync follower, bumps the epoch by one, and never happens while the old lease
+        /// might still let the old leader confirm.
+        #[test]
+        fn never_promotes_under_a_live_lease(
+            followers in (arb_node(1), arb_node(2)),
+            leader_hb in prop::option::of(0i64..3_000),
+            // Mostly unreleased leases near their expiry, where the drift margin matters.
+            lease_ms in prop::option::weighted(0.9, (-1_000i64..1_000, prop::bool::weighted(0.2))),
+            switch_to in prop::option::of(0usize..4),
+        ) {
+            let p = FailoverPolicy::default();
+            let nodes = vec![
+                node("n0", "z0", L, true, (2, 9), leader_hb),
+                followers.0,
+                followers.1,
+            ];
+            let lease = lease_ms.map(|(ms_left, released)| Lease {
+                expires_at: now() + ms(ms_left),
+                released,
+            });
+            let intent = match switch_to {
+                Some(i) => Intent::SwitchoverTo(NodeId(format!("n{i}"))),
+                None => Intent::KeepLed,
+            };
+            let decision = decide_leadership(&intent, 5, &nodes, lease, &p, now());
+            match decision {
+                LeadershipDecision::Promote { node, new_epoch } => {
+                    prop_assert_eq!(new_epoch, 6);
+                    let chosen = nodes.iter().find(|n| n.id == node).expect("known node");
+                    prop_assert!(chosen.role == F && chosen.in_sync && alive(chosen, &p, now()));
+                    if let Intent::SwitchoverTo(to) = &intent {
+                        prop_assert_eq!(&node, to);
+                    }
+                    let lease_over = lease
+                        .is_none_or(|l| l.released || now() >= l.expires_at + p.clock_drift_margin);
+                    prop_assert!(lease_over, "promoted under a live lease: {:?}", lease);
+                }
+                LeadershipDecision::WaitForLeaseExpiry { until } => {
+                    prop_assert!(until > now());
+                }
+                _ => {}
             }
         }
     }

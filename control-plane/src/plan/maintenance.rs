@@ -6,7 +6,7 @@
 //! A started rolling restart is finished even if the window closes meanwhile: a broker left
 //! half on one version and half on another until next week is worse than a late step.
 
-use super::failover::{best_candidate, FailoverPolicy, ReplicaFacts, Role};
+use super::failover::{alive, best_candidate, FailoverPolicy, ReplicaFacts, Role};
 use chrono::{DateTime, Utc};
 use mooring_agent_protocol::NodeId;
 
@@ -74,7 +74,9 @@ pub enum MaintenanceStep {
     Schedule {
         at: DateTime<Utc>,
     },
-    /// Restart this follower on the target.
+    /// Restart this follower on the target. Until the node reports the target, the same step
+    /// comes back: the reconciler makes it idempotent by recording the target in the node's
+    /// desired configuration (a new generation) rather than by counting restarts.
     RestartFollower {
         node: NodeId,
     },
@@ -98,12 +100,9 @@ pub enum MaintenanceStep {
     Done,
 }
 
+/// Serving again after a restart: alive and, for a follower, back in the in-sync set.
 fn back(n: &PatchNode, policy: &FailoverPolicy, now: DateTime<Utc>) -> bool {
-    let alive = n
-        .replica
-        .last_heartbeat
-        .is_some_and(|t| now.signed_duration_since(t) < policy.heartbeat_timeout);
-    alive && (n.replica.role == Role::Leader || n.replica.in_sync)
+    alive(&n.replica, policy, now) && (n.replica.role == Role::Leader || n.replica.in_sync)
 }
 
 fn order(a: &&PatchNode, b: &&PatchNode) -> std::cmp::Ordering {

@@ -430,6 +430,13 @@ mod tests {
                 "2026-01-05T06:00:00Z",
             ),
             (
+                "Marquesas (-09:30): Sunday 23:30 local is Monday 09:00 UTC, the next UTC week",
+                w("SUNDAY", "23:30", "Pacific/Marquesas"),
+                "2026-01-05T10:59:59Z",
+                true,
+                "2026-01-12T09:00:00Z",
+            ),
+            (
                 "Paris in winter: Sunday 02:30 CET (+01) is 01:30 UTC",
                 w("SUNDAY", "02:30", "Europe/Paris"),
                 "2026-03-22T00:00:00Z",
