@@ -24,6 +24,13 @@ use crate::catalog;
 use crate::plan::config::desired_config;
 use crate::store::{NodeAuth, StoreError};
 
+/// The longest a node's recorded heartbeat may lag the agent's latest, when nothing else
+/// changed. Well under `plan::nodes::HEARTBEAT_FRESHNESS`.
+const HEARTBEAT_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+const _: () = assert!(
+    HEARTBEAT_WRITE_INTERVAL.as_secs() * 3 <= crate::plan::nodes::HEARTBEAT_FRESHNESS.as_secs()
+);
+
 /// A configuration read races with writers when the broker's generation moves between the
 /// first and last read; retried this many times before answering 503.
 const CONFIG_READ_ATTEMPTS: usize = 5;
@@ -140,20 +147,33 @@ async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Result<Json<DesiredPointer>, AgentError> {
     let (id, auth) = authenticate(&state, &node, &headers).await?;
-    state
-        .store
-        .node_heartbeat(
-            &id,
-            hb.applied_generation,
-            &hb.engine,
-            hb.rejected.as_ref(),
-            Utc::now(),
-        )
-        .await?;
-    // Most heartbeats change nothing a reconciler acts on; wake them only when one does.
-    if to_i64(hb.applied_generation) != auth.applied_generation
+    let now = Utc::now();
+    let applied_changed = to_i64(hb.applied_generation) != auth.applied_generation;
+    let changed = applied_changed
         || hb.engine.ready != auth.engine_ready
-    {
+        || hb.rejected.is_some() != auth.rejected;
+    // A heartbeat that only says "still here" is written at most every
+    // HEARTBEAT_WRITE_INTERVAL: freshness is judged over several of those, and the database
+    // is spared one write per agent per second.
+    let recently_written = auth.last_heartbeat.is_some_and(|t| {
+        now.signed_duration_since(t)
+            .to_std()
+            .is_ok_and(|age| age < HEARTBEAT_WRITE_INTERVAL)
+    });
+    if changed || !recently_written {
+        state
+            .store
+            .node_heartbeat(
+                &id,
+                hb.applied_generation,
+                &hb.engine,
+                hb.rejected.as_ref(),
+                now,
+            )
+            .await?;
+    }
+    // Most heartbeats change nothing a reconciler acts on; wake them only when one does.
+    if applied_changed || hb.engine.ready != auth.engine_ready {
         state.wake_reconcilers();
     }
     Ok(pointer(&auth))

@@ -113,6 +113,9 @@ pub struct NodeAuth {
     pub applied_generation: i64,
     pub engine_ready: bool,
     pub registered: bool,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// Whether a refused configuration is on record.
+    pub rejected: bool,
 }
 
 const COLUMNS: &str = "id, broker_id, ordinal, zone, host, amqp_port, admin_port, token_hash, \
@@ -145,6 +148,18 @@ struct NodeRow {
     rejected_generation: Option<i64>,
     rejected_reason: Option<String>,
     created_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct AuthRow {
+    broker_id: String,
+    token_hash: Option<String>,
+    desired_generation: i64,
+    applied_generation: i64,
+    engine_ready: bool,
+    registered: bool,
+    last_heartbeat: Option<DateTime<Utc>>,
+    rejected: bool,
 }
 
 fn port(column: &str, value: i32) -> Result<u16, StoreError> {
@@ -353,32 +368,28 @@ impl Store {
 
     /// For the agent API: the node's token hash and the generation it should hold.
     pub async fn node_auth(&self, id: &NodeId) -> Result<NodeAuth, StoreError> {
-        type Row = (String, Option<String>, i64, i64, bool, bool);
-        let row: Option<Row> = with_pool!(self, pool => {
+        let row: Option<AuthRow> = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT n.broker_id, n.token_hash, b.generation, n.applied_generation, \
-                 n.engine_ready, n.registered_at IS NOT NULL FROM broker_nodes n \
+                "SELECT n.broker_id, n.token_hash, b.generation AS desired_generation, \
+                 n.applied_generation, n.engine_ready, \
+                 n.registered_at IS NOT NULL AS registered, n.last_heartbeat, \
+                 n.rejected_generation IS NOT NULL AS rejected FROM broker_nodes n \
                  JOIN brokers b ON b.id = n.broker_id WHERE n.id = $1",
             )
             .bind(&id.0)
             .fetch_optional(pool)
             .await?
         });
-        let (
-            broker_id,
-            token_hash,
-            desired_generation,
-            applied_generation,
-            engine_ready,
-            registered,
-        ) = row.ok_or(StoreError::NotFound("node"))?;
+        let r = row.ok_or(StoreError::NotFound("node"))?;
         Ok(NodeAuth {
-            broker_id: BrokerId::from_db(broker_id),
-            token_hash,
-            desired_generation,
-            applied_generation,
-            engine_ready,
-            registered,
+            broker_id: BrokerId::from_db(r.broker_id),
+            token_hash: r.token_hash,
+            desired_generation: r.desired_generation,
+            applied_generation: r.applied_generation,
+            engine_ready: r.engine_ready,
+            registered: r.registered,
+            last_heartbeat: r.last_heartbeat,
+            rejected: r.rejected,
         })
     }
 

@@ -192,6 +192,10 @@ async fn node_lifecycle_on_both_backends() {
         let rec = store.node_get(&node.id).await.expect("get");
         assert_eq!(rec.applied_generation, 3);
         assert_eq!(rec.rejected, Some((4, "older".to_string())));
+        let auth = store.node_auth(&node.id).await.expect("auth");
+        assert!(auth.rejected && auth.registered && auth.engine_ready);
+        assert_eq!(auth.applied_generation, 3);
+        assert!(auth.last_heartbeat.is_some());
 
         // A new start clears registration and readiness until the new agent speaks.
         store
