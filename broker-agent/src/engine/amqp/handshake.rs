@@ -22,6 +22,8 @@ use crate::engine::users::UserDef;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames during the handshake may be at most this large (the spec's minimum frame_max).
 const HANDSHAKE_FRAME_MAX: u32 = 131_072;
+/// The spec's smallest frame_max.
+const MIN_FRAME_MAX: u32 = 4096;
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 
 /// What the handshake settled.
@@ -195,13 +197,34 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
             "expected connection.tune-ok",
         )));
     };
+    let refuse = |what: &str, n: u32, bound: &str, limit: u32| {
+        HandshakeEnd::Close(
+            AmqpError::not_allowed(format!(
+                "failed to negotiate connection parameters: negotiated {what} = {n} is {bound} the {} allowed value ({limit})",
+                if bound == "higher than" { "maximum" } else { "minimum" }
+            ))
+            .on(10, 31),
+        )
+    };
     let frame_max = match tune_ok.frame_max {
         0 => limits.frame_max,
-        n => n.min(limits.frame_max).max(4096),
+        n if n > limits.frame_max => {
+            return Err(refuse("frame_max", n, "higher than", limits.frame_max))
+        }
+        n if n < MIN_FRAME_MAX => return Err(refuse("frame_max", n, "lower than", MIN_FRAME_MAX)),
+        n => n,
     };
     let channel_max = match tune_ok.channel_max {
         0 => limits.max_channels_per_connection,
-        n => n.min(limits.max_channels_per_connection),
+        n if n > limits.max_channels_per_connection => {
+            return Err(refuse(
+                "channel_max",
+                u32::from(n),
+                "higher than",
+                u32::from(limits.max_channels_per_connection),
+            ))
+        }
+        n => n,
     };
     rd.frame_max = frame_max;
 

@@ -10,6 +10,8 @@ pub enum Overflow {
     #[default]
     DropHead,
     RejectPublish,
+    /// Like reject-publish, and the refused message is dead-lettered (reason maxlen).
+    RejectPublishDlx,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,7 +98,25 @@ impl QueueArgs {
         let mut q = QueueArgs::default();
         for (k, v) in args.inner() {
             match k.as_str() {
-                "x-message-ttl" => q.message_ttl_ms = Some(non_negative(k.as_str(), v)?),
+                "x-message-ttl" => {
+                    let ttl = non_negative(k.as_str(), v)?;
+                    // RabbitMQ's bound: TTLs are 32-bit milliseconds.
+                    if ttl > u64::from(u32::MAX) {
+                        return Err(invalid(k.as_str(), format!("{{value_too_large,{ttl}}}")));
+                    }
+                    q.message_ttl_ms = Some(ttl);
+                }
+                "x-queue-mode" => match as_str(v).as_deref() {
+                    // Classic queues v2 page to disk anyway: both modes behave the same here.
+                    Some("default") | Some("lazy") => {}
+                    _ => {
+                        let (val, _) = describe(v);
+                        return Err(invalid(
+                            k.as_str(),
+                            format!("\"unsupported queue mode '{val}'\""),
+                        ));
+                    }
+                },
                 "x-expires" => {
                     let e = non_negative(k.as_str(), v)?;
                     if e == 0 {
@@ -109,9 +129,8 @@ impl QueueArgs {
                 "x-overflow" => {
                     q.overflow = match as_str(v).as_deref() {
                         Some("drop-head") => Overflow::DropHead,
-                        Some("reject-publish") | Some("reject-publish-dlx") => {
-                            Overflow::RejectPublish
-                        }
+                        Some("reject-publish") => Overflow::RejectPublish,
+                        Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
                         _ => {
                             let (val, _) = describe(v);
                             return Err(invalid(

@@ -32,6 +32,22 @@ pub struct Message {
 /// of memory (skipped and acked at recovery).
 const RECORD_PERSISTENT: u8 = 1;
 const RECORD_TRANSIENT: u8 = 2;
+/// A persistent message followed by its absolute expiry (Unix milliseconds, u64), so that a
+/// TTL keeps running across a restart.
+const RECORD_PERSISTENT_EXPIRING: u8 = 3;
+
+/// Splits a record into (kind, expiry in Unix ms, the rest).
+fn record_parts(rec: &[u8]) -> Option<(u8, Option<u64>, &[u8])> {
+    let (&kind, rest) = rec.split_first()?;
+    match kind {
+        RECORD_PERSISTENT | RECORD_TRANSIENT => Some((kind, None, rest)),
+        RECORD_PERSISTENT_EXPIRING => {
+            let exp = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+            Some((kind, Some(exp), &rest[8..]))
+        }
+        _ => None,
+    }
+}
 
 impl Message {
     pub fn new(exchange: Arc<str>, routing_key: Arc<str>, header: Bytes, body: Bytes) -> Message {
@@ -61,15 +77,18 @@ impl Message {
 
     /// Appends the log record: `version u8, exchange short str, routing key short str,
     /// header len u32, header, body`. Not cached: a copy per message would double its memory.
-    pub fn encode_record(&self, b: &mut Vec<u8>) {
+    pub fn encode_record(&self, b: &mut Vec<u8>, expires_at_unix_ms: Option<u64>) {
         b.reserve(
-            8 + self.exchange.len() + self.routing_key.len() + self.header.len() + self.body.len(),
+            16 + self.exchange.len() + self.routing_key.len() + self.header.len() + self.body.len(),
         );
-        b.push(if self.persistent {
-            RECORD_PERSISTENT
-        } else {
-            RECORD_TRANSIENT
-        });
+        match (self.persistent, expires_at_unix_ms) {
+            (true, Some(exp)) => {
+                b.push(RECORD_PERSISTENT_EXPIRING);
+                b.extend_from_slice(&exp.to_be_bytes());
+            }
+            (true, None) => b.push(RECORD_PERSISTENT),
+            (false, _) => b.push(RECORD_TRANSIENT),
+        }
         put_short(b, &self.exchange);
         put_short(b, &self.routing_key);
         b.extend_from_slice(&(self.header.len() as u32).to_be_bytes());
@@ -84,10 +103,7 @@ impl Message {
 
     /// The body length of a log record, without decoding it.
     pub fn record_body_len(rec: &[u8]) -> Option<u64> {
-        let (&ver, rest) = rec.split_first()?;
-        if ver != RECORD_PERSISTENT && ver != RECORD_TRANSIENT {
-            return None;
-        }
+        let (_, _, rest) = record_parts(rec)?;
         let (_, rest) = get_short(rest)?;
         let (_, rest) = get_short(rest)?;
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -95,11 +111,13 @@ impl Message {
     }
 
     /// Decodes a log record; `None` if it is not one of ours (the caller logs and skips it).
+    /// The absolute expiry (Unix ms) stored with a record, if any.
+    pub fn record_expiry(rec: &[u8]) -> Option<u64> {
+        record_parts(rec)?.1
+    }
+
     pub fn from_record(rec: &[u8]) -> Option<Message> {
-        let (&ver, rest) = rec.split_first()?;
-        if ver != RECORD_PERSISTENT && ver != RECORD_TRANSIENT {
-            return None;
-        }
+        let (_, _, rest) = record_parts(rec)?;
         let (exchange, rest) = get_short(rest)?;
         let (routing_key, rest) = get_short(rest)?;
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -117,6 +135,14 @@ impl Message {
     pub fn with_header(&self, header: Bytes, exchange: Arc<str>, routing_key: Arc<str>) -> Message {
         Message::new(exchange, routing_key, header, self.body.clone())
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (for expiries that outlive the process).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -261,7 +287,9 @@ mod tests {
         assert!(m.persistent);
         assert_eq!(m.expiration_ms, Some(1500));
         let mut rec = Vec::new();
-        m.encode_record(&mut rec);
+        m.encode_record(&mut rec, Some(12345));
+        assert_eq!(Message::record_expiry(&rec), Some(12345));
+        assert_eq!(Message::record_body_len(&rec), Some(3));
         let back = Message::from_record(&rec).expect("decodes");
         assert_eq!(back.header, m.header);
         assert_eq!(back.body, m.body);

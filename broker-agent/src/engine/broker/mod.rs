@@ -208,7 +208,7 @@ impl Broker {
                 now,
             ));
             let n = queue
-                .recover()
+                .recover(self.now_ms())
                 .with_context(|| format!("recovering queue '{}'", q.name))?;
             tracing::info!(queue = %q.name, vhost = %q.vhost, messages = n, "recovered queue");
             Stats::add(&self.stats.queues, 1);

@@ -101,6 +101,14 @@ impl Broker {
                 s.name
             )));
         }
+        if let Some(ae) = s.arguments.inner().get("alternate-exchange") {
+            if super::args::as_str(ae).is_none() {
+                let (_, ty) = super::args::describe(ae);
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid type '{ty}' for arg 'alternate-exchange' in {what}"
+                )));
+            }
+        }
         let e = Arc::new(Exchange::new(
             s.name,
             kind,
@@ -388,6 +396,16 @@ impl Broker {
         let src = vh
             .exchange(source)
             .ok_or_else(|| AmqpError::not_found(vh.no_exchange(source)))?;
+        if src.kind == ExchangeKind::Headers {
+            if let Some(m) = args.inner().get("x-match") {
+                let m = super::args::as_str(m).unwrap_or_default();
+                if !matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x") {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "Invalid x-match field value <<\"{m}\">>; expected all, any, all-with-x, or any-with-x"
+                    )));
+                }
+            }
+        }
         if let Dest::Exchange(d) = &dest {
             if d.is_empty() {
                 return Err(AmqpError::access_refused(

@@ -97,8 +97,11 @@ pub enum Pushed {
     Enqueued {
         dead: Dead,
     },
-    /// x-overflow=reject-publish and the queue is full.
-    Rejected,
+    /// x-overflow=reject-publish(-dlx) and the queue is full; `dead` holds the refused
+    /// message for reject-publish-dlx.
+    Rejected {
+        dead: Dead,
+    },
 }
 
 pub struct Queue {
@@ -192,7 +195,7 @@ impl Queue {
     }
 
     /// Refills the queue from its log at start-up (each record handed over by `QueueLog::scan`).
-    pub fn recover(&self) -> io::Result<u64> {
+    pub fn recover(&self, now_ms: u64) -> io::Result<u64> {
         let mut st = self.state.lock();
         let st = &mut *st;
         let Some(log) = st.log.as_ref() else {
@@ -202,8 +205,8 @@ impl Queue {
         let mut bad = 0u64;
         let budget = self.stats.body_budget.load(Ordering::Relaxed);
         let mut resident_bytes = self.stats.message_bytes.load(Ordering::Relaxed);
-        // (location, body in memory or paged out, body size)
-        let mut entries: Vec<(Location, Option<Message>, u64)> = Vec::new();
+        // (location, body in memory or paged out, body size, expiry in Unix ms)
+        let mut entries: Vec<(Location, Option<Message>, u64, Option<u64>)> = Vec::new();
         let mut transient = Vec::new();
         log.scan(&mut |loc, rec| {
             if Message::record_is_transient(rec) {
@@ -215,14 +218,15 @@ impl Queue {
                 return;
             };
             // A large backlog is not loaded into memory: bodies beyond the budget stay on disk.
+            let expiry = Message::record_expiry(rec);
             if budget > 0 && resident_bytes + size as i64 > budget {
-                entries.push((loc, None, size));
+                entries.push((loc, None, size, expiry));
                 return;
             }
             match Message::from_record(rec) {
                 Some(m) => {
                     resident_bytes += size as i64;
-                    entries.push((loc, Some(m), size));
+                    entries.push((loc, Some(m), size, expiry));
                 }
                 None => bad += 1,
             }
@@ -236,16 +240,24 @@ impl Queue {
                 log.ack(loc)?;
             }
         }
-        for (loc, m, size) in entries {
+        let (now_ms, unix_now) = (now_ms, super::message::unix_now_ms());
+        for (loc, m, size, expiry) in entries {
             let resident = m.is_some();
+            // The TTL kept running while the broker was down; already expired is due at once.
+            let expires_at = expiry.map(|exp| match exp.checked_sub(unix_now) {
+                Some(left) if left > 0 => now_ms + left,
+                _ => 0,
+            });
+            if expires_at.is_some() {
+                self.has_ttl.store(true, Ordering::Relaxed);
+            }
             st.ready.push_back(Stored {
                 seq: st.next_seq,
                 msg: m.map(Arc::new),
                 loc: Some(loc),
                 size,
                 redelivered: false,
-                // TTLs restart from recovery: RabbitMQ keeps no wall-clock expiry either.
-                expires_at: None,
+                expires_at,
             });
             st.next_seq += 1;
             st.ready_bytes += size;
@@ -269,7 +281,10 @@ impl Queue {
             return Ok(Pushed::Enqueued { dead: Dead::none() });
         }
         let size = msg.size();
-        if self.args.overflow == Overflow::RejectPublish {
+        if matches!(
+            self.args.overflow,
+            Overflow::RejectPublish | Overflow::RejectPublishDlx
+        ) {
             let full_len = self
                 .args
                 .max_length
@@ -279,14 +294,32 @@ impl Queue {
                 .max_length_bytes
                 .is_some_and(|m| st.ready_bytes + size > m);
             if full_len || full_bytes {
-                return Ok(Pushed::Rejected);
+                let mut dead = Dead::none();
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    let e = Entry {
+                        seq: 0,
+                        msg: msg.clone(),
+                        loc: None,
+                        redelivered: false,
+                        expires_at: None,
+                    };
+                    dead.entries.push((e, DeathReason::MaxLen));
+                }
+                return Ok(Pushed::Rejected { dead });
             }
         }
+        let ttl = match (self.args.message_ttl_ms, msg.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let loc = match st.log.as_mut() {
             Some(log) if msg.persistent => Some(RECORD_SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
-                msg.encode_record(&mut scratch);
+                msg.encode_record(
+                    &mut scratch,
+                    ttl.map(|t| super::message::unix_now_ms().saturating_add(t)),
+                );
                 let loc = log.append(&scratch);
                 if scratch.capacity() > 1024 * 1024 {
                     *scratch = Vec::new(); // do not pin the largest message's size per thread
@@ -294,10 +327,6 @@ impl Queue {
                 loc
             })?),
             _ => None,
-        };
-        let ttl = match (self.args.message_ttl_ms, msg.expiration_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
         };
         if ttl.is_some() && !self.has_ttl.load(Ordering::Relaxed) {
             self.has_ttl.store(true, Ordering::Relaxed);
@@ -316,24 +345,12 @@ impl Queue {
         Stats::add(&self.stats.ready, 1);
         Stats::add(&self.stats.message_bytes, size as i64);
         let mut dead = Dead::none();
-        // drop-head: make room by dropping (dead-lettering) the oldest messages.
-        loop {
-            let over_len = self
-                .args
-                .max_length
-                .is_some_and(|m| st.ready.len() as u64 > m);
-            let over_bytes = self
-                .args
-                .max_length_bytes
-                .is_some_and(|m| st.ready_bytes > m);
-            if !(over_len || over_bytes) {
-                break;
-            }
-            if !st.drop_head(self, DeathReason::MaxLen, &mut dead) {
-                break;
-            }
-        }
+        st.enforce_max_length(self, &mut dead);
         st.dispatch(self, now_ms, &mut dead);
+        // Expiration "0" means: now or never. Not taken by a consumer at once, it expires.
+        if ttl == Some(0) && st.ready.back().is_some_and(|s| s.seq == seq) {
+            st.expire_tail(self, &mut dead);
+        }
         // Over the memory budget, the new message's body lives on in the log only.
         if self.stats.over_budget() {
             st.page_out_tail(self);
@@ -455,6 +472,10 @@ impl Queue {
             st.ready.insert(at, stored);
             Stats::add(&self.stats.ready, 1);
             // The body stayed resident (and counted) while unacked.
+        }
+        // As RabbitMQ, the length limit applies to requeued messages too (drop-head only).
+        if self.args.overflow == Overflow::DropHead {
+            st.enforce_max_length(self, &mut dead);
         }
         st.dispatch(self, now_ms, &mut dead);
         dead
@@ -649,7 +670,7 @@ impl QueueState {
             let appended = RECORD_SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
-                msg.encode_record(&mut scratch);
+                msg.encode_record(&mut scratch, None);
                 log.append(&scratch)
             });
             match appended {
@@ -692,6 +713,47 @@ impl QueueState {
                 // The message may come back after a restart; that is the at-least-once side.
                 tracing::warn!(error = %err, "recording an ack in the queue log failed");
             }
+        }
+    }
+
+    /// drop-head: makes room by dropping (dead-lettering) the oldest messages.
+    fn enforce_max_length(&mut self, q: &Queue, dead: &mut Dead) {
+        // Bounded by the queue length: each iteration removes one entry.
+        loop {
+            let over_len = q
+                .args
+                .max_length
+                .is_some_and(|m| self.ready.len() as u64 > m);
+            let over_bytes = q
+                .args
+                .max_length_bytes
+                .is_some_and(|m| self.ready_bytes > m);
+            if !(over_len || over_bytes) || !self.drop_head(q, DeathReason::MaxLen, dead) {
+                return;
+            }
+        }
+    }
+
+    /// Expires the newest ready message (a zero TTL that found no consumer).
+    fn expire_tail(&mut self, q: &Queue, dead: &mut Dead) {
+        let Some(s) = self.ready.pop_back() else {
+            return;
+        };
+        self.ready_bytes -= s.size;
+        Stats::add(&q.stats.ready, -1);
+        match s.msg.clone() {
+            Some(msg) if q.args.dead_letter_exchange.is_some() => {
+                let e = Entry {
+                    seq: s.seq,
+                    msg,
+                    loc: s.loc,
+                    redelivered: s.redelivered,
+                    expires_at: s.expires_at,
+                };
+                self.forget(&q.stats, &e);
+                dead.entries.push((e, DeathReason::Expired));
+            }
+            _ => self.forget_stored(&q.stats, &s),
         }
     }
 

@@ -70,7 +70,10 @@ impl Broker {
                     }
                     self.handle_dead(q, dead);
                 }
-                Pushed::Rejected => p.rejected = true,
+                Pushed::Rejected { dead } => {
+                    p.rejected = true;
+                    self.handle_dead(q, dead);
+                }
             }
         }
         Ok(p)
@@ -129,7 +132,11 @@ impl Broker {
                                 work.push_back((t, dead));
                             }
                         }
-                        Ok(Pushed::Rejected) => {}
+                        Ok(Pushed::Rejected { dead }) => {
+                            if !dead.is_empty() {
+                                work.push_back((t, dead));
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(queue = %t.name, error = %e, "dead-lettering into queue failed")
                         }
