@@ -6,6 +6,24 @@
 //! Layout: `amqp/` speaks the protocol (frames, handshake, connections, channels), `broker/`
 //! holds the shared state (vhosts, exchanges, queues, routing, dead-lettering), `storage/`
 //! keeps definitions and queue logs on disk, `admin/` serves HTTP.
+//!
+//! Durability, per queue type (what a publisher confirm promises):
+//! - classic durable queue, persistent message (delivery_mode 2): the confirm is sent once the
+//!   record has been written to the kernel (one write per queue per read batch), so it
+//!   survives `kill -9`; the sync thread fsyncs every `sync_interval` (200 ms), so a power
+//!   loss may lose the last interval. A failed fsync makes later confirms nacks.
+//! - `x-queue-type: quorum` (durable only): the confirm waits for an fdatasync covering the
+//!   record (shared by every publish waiting at that moment), so it survives power loss.
+//! - transient messages, and any message in a non-durable queue: gone after a restart. Their
+//!   bodies may be paged to a spill log beyond the memory budget; spill logs are deleted at
+//!   start.
+//! - acks are written with the same batching and flushed before channel.close-ok and
+//!   connection.close-ok; a crash can redeliver what was acked in the last moment
+//!   (at-least-once). The redelivered flag is not persisted.
+//! - declarations of durable exchanges, queues and bindings, and users, are in the
+//!   definitions snapshot, replaced atomically and fsync'd before the declare-ok.
+//! - per-message and queue TTLs are stored as absolute expiry times with persistent messages
+//!   and keep running while the broker is down.
 
 pub mod admin;
 mod admin_view;
