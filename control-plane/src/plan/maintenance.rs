@@ -713,4 +713,80 @@ mod tests {
             })
         );
     }
+
+    proptest::proptest! {
+        /// A rolling upgrade driven by the planner alone, on a model broker where a restarted
+        /// node comes back when waited on: for any size, leader and half-finished state, it
+        /// ends `Done` with every node patched, restarts each unpatched node exactly once,
+        /// never restarts the leader or takes a second node down, and switches over (to a
+        /// patched, in-sync follower) exactly when the leader still needs the patch.
+        #[test]
+        fn rolling_upgrade_converges_safely(
+            size in 1usize..=3,
+            leader in 0usize..3,
+            patched in proptest::collection::vec(proptest::bool::ANY, 3),
+        ) {
+            use MaintenanceStep::*;
+            let leader = leader % size;
+            let mut nodes: Vec<PatchNode> = (0..size)
+                .map(|i| {
+                    let mut node = n(&format!("n{i}"), if i == leader { "L" } else { "Fs" });
+                    node.patched = patched[i];
+                    node
+                })
+                .collect();
+            let must_restart = nodes.iter().filter(|n| !n.patched).count();
+            let must_switch = size > 1 && !nodes[leader].patched;
+            let pending = upgrade(Some("2026-01-05T02:00:00Z"));
+            let p = FailoverPolicy::default();
+            let (mut restarts, mut switches, mut started, mut done) = (0, 0, false, false);
+            for _ in 0..4 * size + 2 {
+                let trigger = Trigger { in_progress: started, ..OPEN };
+                let step = next_step(&pending, &nodes, trigger, FREE, now(), &p, now());
+                let index = |id: &NodeId| nodes.iter().position(|n| &n.replica.id == id);
+                match step {
+                    RestartFollower { node } | RestartOldLeader { node } | RestartSingleInstance { node } => {
+                        let i = index(&node).expect("a known node");
+                        proptest::prop_assert!(nodes.iter().all(|n| back(n, &p, now())));
+                        proptest::prop_assert!(
+                            nodes[i].replica.role == Role::Follower || size == 1,
+                            "restarted the leader of a replicated broker"
+                        );
+                        proptest::prop_assert!(!nodes[i].patched);
+                        nodes[i].patched = true;
+                        nodes[i].replica.in_sync = false;
+                        nodes[i].replica.last_heartbeat = None;
+                        restarts += 1;
+                        started = true;
+                    }
+                    WaitUntilInSync { node } => {
+                        let i = index(&node).expect("a known node");
+                        proptest::prop_assert!(!back(&nodes[i], &p, now()));
+                        nodes[i].replica.in_sync = true;
+                        nodes[i].replica.last_heartbeat = Some(now());
+                    }
+                    Switchover { to } => {
+                        let i = index(&to).expect("a known node");
+                        proptest::prop_assert!(nodes[i].patched && nodes[i].replica.in_sync);
+                        for n in nodes.iter_mut() {
+                            n.replica.role = Role::Follower;
+                            n.replica.in_sync = true;
+                        }
+                        nodes[i].replica.role = Role::Leader;
+                        switches += 1;
+                        started = true;
+                    }
+                    Done => {
+                        done = true;
+                        break;
+                    }
+                    other => proptest::prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            proptest::prop_assert!(done, "did not converge: {:?}", nodes);
+            proptest::prop_assert!(nodes.iter().all(|n| n.patched));
+            proptest::prop_assert_eq!(restarts, must_restart);
+            proptest::prop_assert_eq!(switches, usize::from(must_switch));
+        }
+    }
 }
