@@ -234,6 +234,9 @@ async fn durable_messages_survive_restart_and_acked_ones_do_not_return() {
                 .await
                 .expect("ack");
         }
+        // Deliver the first of "dq" without acking it; closing the channel requeues it.
+        let m = support_get(&ch3, "dq").await;
+        assert!(!m.delivery.redelivered);
         ch3.close(200, "done".into()).await.expect("channel close");
         // A transient message is lost on restart, as in RabbitMQ.
         ch.basic_publish(
@@ -270,6 +273,12 @@ async fn durable_messages_survive_restart_and_acked_ones_do_not_return() {
         .await
         .expect("redeclare quorum");
     assert_eq!(q.message_count(), 20);
+    // The message delivered before the restart says so; the next one was never delivered.
+    for (i, redelivered) in [(0, true), (1, false)] {
+        let m = support_get(&ch, "dq").await;
+        assert_eq!(m.delivery.data, format!("q-{i}").as_bytes());
+        assert_eq!(m.delivery.redelivered, redelivered, "message q-{i}");
+    }
     conn.close(200, "bye".into()).await.expect("close");
     engine.shutdown().await;
 }

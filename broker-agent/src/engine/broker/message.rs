@@ -36,6 +36,31 @@ const RECORD_TRANSIENT: u8 = 2;
 /// TTL keeps running across a restart.
 const RECORD_PERSISTENT_EXPIRING: u8 = 3;
 
+/// A marker saying the message at a location was delivered before (written when it is
+/// requeued), so that it comes back with redelivered=true after a restart.
+const RECORD_DELIVERED_MARKER: u8 = 4;
+
+/// The marker record for a delivered message at `target`.
+pub fn encode_marker(target: crate::engine::storage::Location, b: &mut Vec<u8>) {
+    b.push(RECORD_DELIVERED_MARKER);
+    b.extend_from_slice(&target.segment.to_be_bytes());
+    b.extend_from_slice(&target.offset.to_be_bytes());
+    b.extend_from_slice(&target.len.to_be_bytes());
+}
+
+/// The target of a marker record, or None if the record is not a marker.
+pub fn decode_marker(rec: &[u8]) -> Option<crate::engine::storage::Location> {
+    if rec.len() != 13 || rec[0] != RECORD_DELIVERED_MARKER {
+        return None;
+    }
+    let n = |i: usize| u32::from_be_bytes([rec[i], rec[i + 1], rec[i + 2], rec[i + 3]]);
+    Some(crate::engine::storage::Location {
+        segment: n(1),
+        offset: n(5),
+        len: n(9),
+    })
+}
+
 /// Splits a record into (kind, expiry in Unix ms, the rest).
 fn record_parts(rec: &[u8]) -> Option<(u8, Option<u64>, &[u8])> {
     let (&kind, rest) = rec.split_first()?;

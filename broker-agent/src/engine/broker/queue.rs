@@ -24,6 +24,8 @@ pub struct Entry {
     pub msg: Arc<Message>,
     /// Where the message lives in the queue's log (persistent messages in durable queues).
     pub loc: Option<Location>,
+    /// A delivered-marker record in the log for this message (acked with it).
+    pub marker: Option<Location>,
     pub redelivered: bool,
     /// Absolute expiry time in engine milliseconds (see `Broker::now_ms`).
     pub expires_at: Option<u64>,
@@ -40,6 +42,7 @@ struct Stored {
     /// None once paged out: read back from `loc` on delivery.
     msg: Option<Arc<Message>>,
     loc: Option<Location>,
+    marker: Option<Location>,
     size: u64,
     redelivered: bool,
     expires_at: Option<u64>,
@@ -52,6 +55,7 @@ impl Stored {
             size: e.msg.size(),
             msg: Some(e.msg),
             loc: e.loc,
+            marker: e.marker,
             redelivered: e.redelivered,
             expires_at: e.expires_at,
         }
@@ -208,7 +212,13 @@ impl Queue {
         // (location, body in memory or paged out, body size, expiry in Unix ms)
         let mut entries: Vec<(Location, Option<Message>, u64, Option<u64>)> = Vec::new();
         let mut transient = Vec::new();
+        let mut markers: std::collections::HashMap<Location, Location> =
+            std::collections::HashMap::new();
         log.scan(&mut |loc, rec| {
+            if let Some(target) = super::message::decode_marker(rec) {
+                markers.insert(target, loc);
+                return;
+            }
             if Message::record_is_transient(rec) {
                 transient.push(loc);
                 return;
@@ -243,6 +253,7 @@ impl Queue {
         let (now_ms, unix_now) = (now_ms, super::message::unix_now_ms());
         for (loc, m, size, expiry) in entries {
             let resident = m.is_some();
+            let marker = markers.remove(&loc);
             // The TTL kept running while the broker was down; already expired is due at once.
             let expires_at = expiry.map(|exp| match exp.checked_sub(unix_now) {
                 Some(left) if left > 0 => now_ms + left,
@@ -255,8 +266,9 @@ impl Queue {
                 seq: st.next_seq,
                 msg: m.map(Arc::new),
                 loc: Some(loc),
+                redelivered: marker.is_some(),
+                marker,
                 size,
-                redelivered: false,
                 expires_at,
             });
             st.next_seq += 1;
@@ -268,6 +280,12 @@ impl Queue {
                 Stats::add(&self.stats.paged_out, 1);
             }
             n += 1;
+        }
+        // Markers of messages acked before the restart are of no use any more.
+        if let Some(log) = st.log.as_mut() {
+            for (_, marker) in markers {
+                log.ack(marker)?;
+            }
         }
         Ok(n)
     }
@@ -300,6 +318,7 @@ impl Queue {
                         seq: 0,
                         msg: msg.clone(),
                         loc: None,
+                        marker: None,
                         redelivered: false,
                         expires_at: None,
                     };
@@ -337,6 +356,7 @@ impl Queue {
             seq,
             msg: Some(msg.clone()),
             loc,
+            marker: None,
             size,
             redelivered: false,
             expires_at: ttl.map(|t| now_ms.saturating_add(t)),
@@ -466,6 +486,17 @@ impl Queue {
         }
         for mut e in entries {
             e.redelivered = true;
+            if let (Some(loc), None, Some(log)) = (e.loc, e.marker, st.log.as_mut()) {
+                let mut rec = Vec::with_capacity(13);
+                super::message::encode_marker(loc, &mut rec);
+                match log.append(&rec) {
+                    Ok(m) => e.marker = Some(m),
+                    // Only a hint is lost: the message would come back as not redelivered.
+                    Err(err) => {
+                        tracing::warn!(queue = %self.name, error = %err, "writing a delivered marker failed")
+                    }
+                }
+            }
             let stored = Stored::from_entry(e);
             let at = st.ready.partition_point(|x| x.seq < stored.seq);
             st.ready_bytes += stored.size;
@@ -620,6 +651,7 @@ impl QueueState {
                     seq: s.seq,
                     msg,
                     loc: s.loc,
+                    marker: s.marker,
                     redelivered: s.redelivered,
                     expires_at: s.expires_at,
                 });
@@ -636,6 +668,7 @@ impl QueueState {
                         seq: s.seq,
                         msg: Arc::new(m),
                         loc: s.loc,
+                        marker: s.marker,
                         redelivered: s.redelivered,
                         expires_at: s.expires_at,
                     });
@@ -696,6 +729,7 @@ impl QueueState {
     fn forget(&mut self, stats: &Stats, e: &Entry) {
         Stats::add(&stats.message_bytes, -(e.msg.size() as i64));
         self.ack_loc(e.loc);
+        self.ack_loc(e.marker);
     }
 
     fn forget_stored(&mut self, stats: &Stats, s: &Stored) {
@@ -705,6 +739,7 @@ impl QueueState {
             Stats::add(&stats.paged_out, -1);
         }
         self.ack_loc(s.loc);
+        self.ack_loc(s.marker);
     }
 
     fn ack_loc(&mut self, loc: Option<Location>) {
@@ -747,6 +782,7 @@ impl QueueState {
                     seq: s.seq,
                     msg,
                     loc: s.loc,
+                    marker: s.marker,
                     redelivered: s.redelivered,
                     expires_at: s.expires_at,
                 };
