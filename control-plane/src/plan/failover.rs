@@ -98,7 +98,8 @@ pub enum Intent {
 pub enum LeadershipDecision {
     /// Nothing to change.
     Healthy,
-    /// Bump the broker's epoch to `new_epoch` in the database, then tell `node` to lead.
+    /// In one transaction, bump the broker's epoch to `new_epoch`, record `node` as leader
+    /// (the others as followers) and clear the old lease; then tell `node` to lead.
     Promote { node: NodeId, new_epoch: u64 },
     /// The leader may still confirm until `until`; look again then.
     WaitForLeaseExpiry { until: DateTime<Utc> },
@@ -144,6 +145,14 @@ pub fn best_candidate<'a>(
         .ok_or(NoCandidateReason::NoInSyncFollower)
 }
 
+/// The leader may confirm: its lease runs. A leader without a lease on record has just been
+/// promoted and gets one with its next heartbeat; counting it as serving keeps a fresh
+/// promotion from being followed by another (it confirms nothing until the lease arrives,
+/// so this costs no safety).
+fn lease_held(lease: Option<Lease>, now: DateTime<Utc>) -> bool {
+    lease.is_none_or(|l| !l.released && now < l.expires_at)
+}
+
 /// When promoting becomes safe: at once for a released lease (or none on record), else after
 /// the expiry plus the drift margin.
 fn safe_from(lease: Option<Lease>, policy: &FailoverPolicy) -> Option<DateTime<Utc>> {
@@ -164,8 +173,7 @@ pub fn decide_leadership(
 ) -> LeadershipDecision {
     let leader = nodes.iter().find(|n| n.role == Role::Leader);
     // A leader needs both: heartbeats (it runs) and an unexpired lease (it may confirm).
-    let leader_serving = leader.is_some_and(|l| alive(l, policy, now))
-        && lease.is_some_and(|l| !l.released && now < l.expires_at);
+    let leader_serving = leader.is_some_and(|l| alive(l, policy, now)) && lease_held(lease, now);
     let promote_when_safe = |node: &ReplicaFacts| match safe_from(lease, policy) {
         Some(until) if now < until => LeadershipDecision::WaitForLeaseExpiry { until },
         _ => LeadershipDecision::Promote {
@@ -270,7 +278,7 @@ pub fn honest_status(
             HonestStatus::CriticalActionRequired(ActionRequired::NoLeader)
         };
     }
-    let leader_serving = leader_alive && lease.is_some_and(|l| !l.released && now < l.expires_at);
+    let leader_serving = leader_alive && lease_held(lease, now);
     // Followers left to stand by once someone leads.
     let standby = if leader_serving {
         eligible_followers
@@ -490,6 +498,29 @@ mod tests {
                 lease(-1_000),
                 NoCandidate {
                     reason: NoCandidateReason::NoFollower,
+                },
+            ),
+            (
+                "just promoted, no lease granted yet: not promoted again",
+                vec![
+                    node("a", "z-a", F, true, (3, 10), Some(5_000)),
+                    node("b", "z-b", L, true, (3, 10), Some(100)),
+                    node("c", "z-c", F, true, (3, 10), Some(100)),
+                ],
+                None,
+                Healthy,
+            ),
+            (
+                "just promoted, then silent before any lease: the next in-sync follower, at once",
+                vec![
+                    node("a", "z-a", F, true, (3, 10), Some(5_000)),
+                    node("b", "z-b", L, true, (3, 10), Some(5_000)),
+                    node("c", "z-c", F, true, (3, 10), Some(100)),
+                ],
+                None,
+                Promote {
+                    node: id("c"),
+                    new_epoch: 4,
                 },
             ),
             (
