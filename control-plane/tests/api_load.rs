@@ -150,6 +150,14 @@ async fn api_against_raw_postgres() {
     }
     let ids = Arc::new(ids);
 
+    // HTTP, client and one trivial query: the floor under every operation.
+    let (h, b) = (http.clone(), base.clone());
+    let health = drive(clients, duration, move |_| {
+        let url = format!("{b}/healthz");
+        let h = h.clone();
+        async move { h.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
     let (h, b, i) = (http.clone(), base.clone(), ids.clone());
     let describe = drive(clients, duration, move |n| {
         let url = format!("{b}/v1/brokers/{}", i[n as usize % i.len()]);
@@ -197,6 +205,7 @@ async fn api_against_raw_postgres() {
         );
     };
     println!("api_load: {clients} clients, {seconds} s per operation, {BROKERS} brokers, Postgres");
+    report("healthz", &health, select_tps);
     report("DescribeBroker", &describe, select_tps);
     report("ListBrokers", &list, select_tps);
     report("CreateUser", &create_user, insert_tps);
