@@ -50,9 +50,11 @@ pub struct PatchNode {
 pub struct Trigger {
     /// The broker's weekly window is open at `now` ([`super::window::is_open`]).
     pub window_open: bool,
-    /// RebootBroker or apply-immediately: act now, window or not.
+    /// RebootBroker or apply-immediately: act now, window or not, past the fleet limit and
+    /// the pause (those brake automatic maintenance, not a user's own request).
     pub apply_now: bool,
-    /// This broker's maintenance has already started (a node was restarted for it).
+    /// This broker's maintenance has already started (a node was restarted for it): it goes
+    /// on after the window closes and past the fleet limit, but stops while paused.
     pub in_progress: bool,
 }
 
