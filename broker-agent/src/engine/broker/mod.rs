@@ -268,7 +268,10 @@ impl Broker {
                 }
                 for b in e.bindings() {
                     let (destination_type, durable_dest) = match &b.dest {
-                        Dest::Queue(q) => ("queue", q.durable && !q.is_deleted()),
+                        Dest::Queue(q) => (
+                            "queue",
+                            q.durable && q.exclusive_owner.is_none() && !q.is_deleted(),
+                        ),
                         Dest::Exchange(n) => {
                             ("exchange", vh.exchange(n).is_some_and(|x| x.durable))
                         }
@@ -286,7 +289,8 @@ impl Broker {
                 }
             }
             for q in vh.queues.read().values() {
-                if q.durable {
+                // Exclusive queues die with their connection, so never outlive a restart.
+                if q.durable && q.exclusive_owner.is_none() {
                     d.queues.push(QueueDef {
                         vhost: vh.name.to_string(),
                         name: q.name.to_string(),
