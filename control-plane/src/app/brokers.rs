@@ -9,6 +9,7 @@ use crate::api::{
     ConfigurationRef, CreateBrokerRequest, PageQuery, UpdateBrokerRequest, WeeklyStartTime,
 };
 use crate::catalog;
+use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::model::{
     AuthenticationStrategy, BrokerState, DataReplicationMode, DayOfWeek, DeploymentMode,
@@ -160,10 +161,12 @@ fn version_key(v: &str) -> Vec<u32> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
-pub async fn create_broker(
-    state: &AppState,
-    req: CreateBrokerRequest,
-) -> Result<BrokerRecord, ApiError> {
+/// Every CreateBroker rule that needs no I/O; the broker to insert (without its
+/// configuration, resolved against the store by the caller) and its first users.
+fn checked_new_broker(
+    req: &CreateBrokerRequest,
+    config: &ServeConfig,
+) -> Result<(NewBroker, Vec<NewUser>), ApiError> {
     let name = required(req.broker_name.clone(), "brokerName")?;
     validate::broker_name(&name)?;
     let engine_type = required(req.engine_type, "engineType")?;
@@ -229,22 +232,11 @@ pub async fn create_broker(
     let tags = req.tags.clone().unwrap_or_default();
     validate::tags(&tags)?;
     let users = new_users(req.users.as_deref().unwrap_or_default())?;
-    let configuration = match &req.configuration {
-        Some(reference) => Some(resolve_configuration(state, reference, engine_type).await?),
-        None => None,
-    };
-
-    if let Some(token) = &req.creator_request_id {
-        if let Some(existing) = state.store.broker_get_by_creator_request_id(token).await? {
-            return idempotent_replay(existing, &name);
-        }
-    }
-
     let id = BrokerId::generate();
     let new = NewBroker {
-        arn: arn::broker_arn(&state.config, &name, &id),
+        arn: arn::broker_arn(config, &name, &id),
         id,
-        name: name.clone(),
+        name,
         engine_type,
         engine_version: engine_version.version.to_owned(),
         host_instance_type,
@@ -260,11 +252,31 @@ pub async fn create_broker(
         logs_audit: req.logs.as_ref().and_then(|l| l.audit).unwrap_or(false),
         security_groups: req.security_groups.clone().unwrap_or_default(),
         subnet_ids: req.subnet_ids.clone().unwrap_or_default(),
-        configuration,
+        configuration: None,
         creator_request_id: req.creator_request_id.clone(),
         tags: tags.into_iter().collect(),
         now: Utc::now().trunc_subsecs(3),
     };
+    Ok((new, users))
+}
+
+pub async fn create_broker(
+    state: &AppState,
+    req: CreateBrokerRequest,
+) -> Result<BrokerRecord, ApiError> {
+    let (mut new, users) = checked_new_broker(&req, &state.config)?;
+    let name = new.name.clone();
+    new.configuration = match &req.configuration {
+        Some(reference) => Some(resolve_configuration(state, reference, new.engine_type).await?),
+        None => None,
+    };
+
+    if let Some(token) = &req.creator_request_id {
+        if let Some(existing) = state.store.broker_get_by_creator_request_id(token).await? {
+            return idempotent_replay(existing, &name);
+        }
+    }
+
     match state.store.broker_insert(new, users).await {
         Ok(broker) => {
             tracing::info!(broker_id = %broker.id, name = %broker.name, "broker created");
