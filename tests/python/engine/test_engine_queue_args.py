@@ -488,3 +488,23 @@ def test_reject_publish_dlx_nacks_and_dead_letters(conn, ch, names):
     assert body == b"refused"
     assert_x_death(props, source, "maxlen", [source])
     assert [b for _, _, b in drain(ch, source)] == [b"in"]
+
+
+def test_x_death_entries_per_queue_and_reason_through_a_mixed_cycle(conn, ch, names):
+    """a rejects into b, b's TTL expires back into a (a cycle with a rejection in it is not
+    dropped); after two laps each (queue, reason) entry counts 2, newest first."""
+    a, b = names("a"), names("b")
+    ch.queue_declare(a, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": b})
+    ch.queue_declare(
+        b, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": a, "x-message-ttl": 100}
+    )
+    ch.confirm_delivery()
+    ch.basic_publish("", a, b"lap")
+    for _ in range(2):
+        method, _, _ = get_one(ch, a, auto_ack=False)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    _, props, _ = get_one(ch, a)
+    deaths = [(d["queue"], d["reason"], d["count"]) for d in props.headers["x-death"]]
+    assert deaths == [(b, "expired", 2), (a, "rejected", 2)]
+    assert props.headers["x-first-death-queue"] == a
+    assert props.headers["x-first-death-reason"] == "rejected"
