@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mooring_agent_protocol::{NodeId, TOKEN_ENV};
+use rand::Rng;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,9 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// After SIGKILL a process is gone within this long, or something is badly wrong.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at finding two free ports not held by another node.
-const PORT_ATTEMPTS: usize = 64;
+const PORT_ATTEMPTS: usize = 256;
+/// Lowest port given to a node: above the well-known and most registered services.
+const NODE_PORTS_LOW: u16 = 20000;
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -204,22 +207,47 @@ async fn wait_gone(pid: u32, node: &str, dir: &Path, timeout: Duration) -> bool 
     }
 }
 
-/// Two distinct free loopback ports, neither in `taken`. Both listeners are held at once so
-/// the kernel cannot hand out the same port twice.
+/// Two distinct free loopback ports, neither in `taken`, drawn from below the kernel's
+/// ephemeral range: a port chosen here stays free for the node's agent until it binds it
+/// (and again after every restart) because programs binding port 0 are never given one.
 fn free_port_pair(taken: &[u16]) -> anyhow::Result<(u16, u16)> {
+    let (low, high) = node_port_range();
+    let mut rng = rand::thread_rng();
+    let mut found = Vec::with_capacity(2);
+    let mut probes = Vec::with_capacity(2);
     for _ in 0..PORT_ATTEMPTS {
-        let a = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-        let b = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-        let pa = a.local_addr().context("probe address")?.port();
-        let pb = b.local_addr().context("probe address")?.port();
-        if !taken.contains(&pa) && !taken.contains(&pb) {
-            return Ok((pa, pb));
+        let port = rng.gen_range(low..high);
+        if taken.contains(&port) || found.contains(&port) {
+            continue;
+        }
+        // Held until both are found, so the pair is distinct and both were free together.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            probes.push(listener);
+            found.push(port);
+            if let [a, b] = found[..] {
+                return Ok((a, b));
+            }
         }
     }
     bail!(
-        "no free loopback ports outside the {} already held",
+        "no free loopback ports in {low}..{high} outside the {} already held",
         taken.len()
     )
+}
+
+/// Node ports come from [`NODE_PORTS_LOW`] up to the start of the ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default).
+fn node_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > NODE_PORTS_LOW + 1000 {
+        (NODE_PORTS_LOW, ephemeral_low)
+    } else {
+        // An unusual ephemeral range leaves no room below it: use the range above it.
+        (ephemeral_low.max(61000), u16::MAX)
+    }
 }
 
 impl Provider for LocalProvider {

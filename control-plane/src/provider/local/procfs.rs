@@ -90,14 +90,15 @@ mod tests {
             .expect("spawn a stand-in process");
         let pid = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !is_agent(pid, &node, dir.path()) {
+        // `sh` forks `sleep`; between fork and exec the child still shows sh's command line,
+        // so wait for the moment it is the only match.
+        while !is_agent(pid, &node, dir.path()) || find_agents(&node, dir.path()) != vec![pid] {
             assert!(
                 std::time::Instant::now() < deadline,
-                "process {pid} never matched"
+                "process {pid} never matched alone"
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(find_agents(&node, dir.path()), vec![pid]);
         child.kill().expect("kill");
         child.wait().expect("reap");
         assert!(!is_agent(pid, &node, dir.path()));

@@ -105,7 +105,12 @@ async fn start_adopts_instead_of_duplicating_and_survives_a_lost_pid_file() {
         restarted.start(&node, "tok-3").await.expect("start"),
         StartOutcome::Adopted { pid: Some(pid) }
     );
-    assert_eq!(procfs::find_agents(&node.node_id.0, &node_dir), vec![pid]);
+    // The stand-in forks `sleep`, and a child between fork and exec still shows the
+    // script's command line: wait for a moment without one.
+    wait_for("a single agent", || {
+        procfs::find_agents(&node.node_id.0, &node_dir) == vec![pid]
+    })
+    .await;
     assert_eq!(
         fs::read_to_string(node_dir.join("token-seen")).expect("token"),
         "tok-1"
@@ -188,4 +193,17 @@ fn endpoints_avoid_taken_ports() {
     assert!(![first.amqp_port, first.admin_port].contains(&second.amqp_port));
     assert!(![first.amqp_port, first.admin_port].contains(&second.admin_port));
     assert_eq!(second.host, "127.0.0.1");
+    let (low, high) = node_port_range();
+    for port in [
+        first.amqp_port,
+        first.admin_port,
+        second.amqp_port,
+        second.admin_port,
+    ] {
+        assert!((low..high).contains(&port), "{port} outside {low}..{high}");
+    }
+    assert!(
+        high <= 32768 || low >= 61000,
+        "never inside the ephemeral range"
+    );
 }
