@@ -440,3 +440,36 @@ def test_passwords_are_not_stored_in_plain_text(agent_factory):
         assert not any(needle in blob for blob in blobs), f"password found in the data directory as {needle!r}"
     agent.start()
     connect(agent, "bob", secret).close()
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbage"])
+def test_bad_tls_files_stop_the_agent_at_start(mooring_binary, tmp_path, problem):
+    """A broken TLS configuration is an error at start-up naming the file, never a broker
+    that silently runs without its amqps listener."""
+    cert = tmp_path / "cert.pem"
+    if problem == "garbage":
+        cert.write_text("not a certificate\n")
+    result = subprocess.run(
+        [
+            str(mooring_binary("mooring-agent")),
+            "standalone",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--amqps-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(cert),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert str(cert) in result.stderr + result.stdout
+    assert not (tmp_path / "data" / "ports.json").exists()
