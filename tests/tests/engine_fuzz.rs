@@ -347,6 +347,9 @@ async fn random_and_mutated_frame_streams() -> Result<()> {
     };
     let log = |agent: &Option<Agent>| agent.as_ref().map(Agent::log_tail).unwrap_or_default();
 
+    // A client connected before the fuzzing must be served all along, not only new ones.
+    let bystander = Connection::connect(&uri, ConnectionProperties::default()).await?;
+    let bystander_ch = bystander.create_channel().await?;
     let mut done = 0;
     while done < cases {
         let batch: Vec<_> = (0..PARALLEL.min(cases - done))
@@ -376,6 +379,19 @@ async fn random_and_mutated_frame_streams() -> Result<()> {
         }
     }
     probe(&uri).await.context("final probe")?;
+    let q = bystander_ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("the connection opened before the fuzzing was not served")?;
+    ensure!(q.name().as_str().starts_with("amq.gen-"));
+    bystander.close(200, "done".into()).await?;
     if agent.is_none() {
         remove_fuzz_names(&uri).await?; // keep the shared RabbitMQ clean
     }
