@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::model::BrokerState;
 use crate::store::BrokerStateCount;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -101,8 +102,14 @@ impl Metrics {
         }
         out.push_str("# HELP mooring_brokers Brokers by state.\n");
         out.push_str("# TYPE mooring_brokers gauge\n");
-        for b in brokers {
-            let _ = writeln!(out, "mooring_brokers{{state=\"{}\"}} {}", b.state, b.count);
+        // Every state, zeros included, so that alerts see a series drop to 0 rather than vanish.
+        for state in BrokerState::ALL {
+            let count: i64 = brokers
+                .iter()
+                .filter(|b| b.state == *state)
+                .map(|b| b.count)
+                .sum();
+            let _ = writeln!(out, "mooring_brokers{{state=\"{state}\"}} {count}");
         }
         out
     }
@@ -117,7 +124,6 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::BrokerState;
 
     #[test]
     fn renders_cumulative_buckets_and_gauges() {
@@ -146,5 +152,6 @@ mod tests {
             "mooring_reconcile_duration_seconds_count{reconciler=\"provision\",outcome=\"ok\"} 1"
         ));
         assert!(text.contains("mooring_brokers{state=\"RUNNING\"} 4"));
+        assert!(text.contains("mooring_brokers{state=\"DELETION_IN_PROGRESS\"} 0"));
     }
 }
