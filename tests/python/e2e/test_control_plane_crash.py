@@ -9,6 +9,7 @@ data directory and a durable queue's persistent messages are intact.
 import os
 import signal
 import time
+from pathlib import Path
 
 import boto3
 import pika
@@ -40,8 +41,27 @@ def assert_one_agent_per_node(cp, node_ids):
     by_node = agents_by_node(cp.data_dir)
     assert sorted(by_node) == sorted(node_ids), f"agents for unexpected nodes: {by_node}"
     duplicates = {n: pids for n, pids in by_node.items() if len(pids) != 1}
-    assert not duplicates, f"duplicate agents: {duplicates}"
+    assert not duplicates, f"duplicate agents: {duplicates}\n{diagnose(cp, duplicates)}"
     return {n: pids[0] for n, pids in by_node.items()}
+
+
+def diagnose(cp, duplicates):
+    """What the control plane and the agents said about the nodes in question."""
+    lines = []
+    for node, pids in duplicates.items():
+        for pid in pids:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[:3]
+            except OSError as e:
+                argv, stat = f"(gone: {e})", []
+            lines.append(f"pid {pid} {stat}: {argv}")
+        log = cp.log_path.read_text(errors="replace") if cp.log_path.exists() else ""
+        lines += [l for l in log.splitlines() if node in l][-20:]
+        agent_log = cp.data_dir / "nodes" / node / "agent.log"
+        if agent_log.exists():
+            lines += agent_log.read_text(errors="replace").splitlines()[-20:]
+    return "\n".join(lines)
 
 
 def connect(port):
