@@ -7,6 +7,7 @@ by its pid, agents by scanning /proc for command lines that name the test's data
 directory (agents run in their own process group, so nothing else reaches them).
 """
 
+import configparser
 import json
 import os
 import signal
@@ -165,18 +166,27 @@ class ControlPlane:
         return sorted(p.name for p in nodes.iterdir() if p.is_dir()) if nodes.exists() else []
 
 
+def admin_credentials(cp):
+    """(access key id, secret) of the admin key `mooring serve` writes on first start to
+    `<data-dir>/credentials` (an AWS shared-credentials file)."""
+    parser = configparser.ConfigParser()
+    path = cp.data_dir / "credentials"
+    assert parser.read(path), f"{path} missing: mooring serve did not bootstrap its admin key"
+    return parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"]
+
+
 class Aws:
-    """`aws mq ...` with throwaway credentials against one control plane."""
+    """`aws mq ...` against one control plane, signed with its admin key."""
 
     def __init__(self, cp, home):
         self.cp = cp
         self.env = dict(os.environ)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            self.env.pop(name, None)
         self.env.update({
-            "AWS_ACCESS_KEY_ID": "AKIDMOORINGE2E",
-            "AWS_SECRET_ACCESS_KEY": "mooring-e2e-secret",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_CONFIG_FILE": str(Path(home) / "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(Path(home) / "credentials"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(cp.data_dir / "credentials"),
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_PAGER": "",
         })

@@ -16,19 +16,20 @@ import pika
 import pytest
 from botocore.config import Config
 
-from e2e_helpers import agents_by_node, amqp_port, poll
+from e2e_helpers import admin_credentials, agents_by_node, amqp_port, poll
 
 BROKERS = 20
 USER = ("app", "app-password-123")
 
 
 def mq_client(cp):
+    key_id, secret = admin_credentials(cp)
     return boto3.client(
         "mq",
         endpoint_url=cp.endpoint,
         region_name="us-east-1",
-        aws_access_key_id="AKIDMOORINGE2E",
-        aws_secret_access_key="mooring-e2e-secret",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
     )
 
