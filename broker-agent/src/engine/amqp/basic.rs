@@ -286,7 +286,9 @@ impl Connection {
                 } else {
                     c.consumer_tag.as_str().into()
                 };
-                if ch.consumers.contains_key(&tag) {
+                // A consumer whose queue was deleted (and which the server cancelled) frees
+                // its tag.
+                if ch.consumers.get(&tag).is_some_and(|q| !q.is_deleted()) {
                     return Err(AmqpError::not_allowed(format!(
                         "attempt to reuse consumer tag '{tag}'"
                     )));
