@@ -127,7 +127,7 @@ async fn fetch_config(http: &reqwest::Client, url: &str, token: &str) -> Option<
 }
 
 impl Provider for Sim {
-    fn allocate_endpoint(&self, _taken: &[u16]) -> anyhow::Result<Endpoint> {
+    fn allocate_endpoint(&self) -> anyhow::Result<Endpoint> {
         // Nothing listens: simulated nodes only need distinct numbers.
         let port = 10_000 + self.next_port.fetch_add(2, Ordering::Relaxed);
         Ok(Endpoint {

@@ -49,8 +49,9 @@ pub enum StartOutcome {
 }
 
 pub trait Provider: Send + Sync + 'static {
-    /// Picks where a new node will listen, avoiding `taken` (ports other nodes hold).
-    fn allocate_endpoint(&self, taken: &[u16]) -> anyhow::Result<Endpoint>;
+    /// Picks where a new node will listen. The choice may collide with ports another node
+    /// holds; the store's unique constraints catch that, and the reconciler draws again.
+    fn allocate_endpoint(&self) -> anyhow::Result<Endpoint>;
 
     /// Ensures the node runs: adopts a running process, else starts one on the node's
     /// existing data (creating it the first time) with `token` as its credential.

@@ -25,12 +25,17 @@ use crate::app::AppState;
 use crate::http::agent::token_hash;
 use crate::model::BrokerState;
 use crate::plan::broker::{broker_step, serves, BrokerFacts, BrokerStep};
-use crate::plan::nodes::{desired_nodes, node_action, node_ready, NodeAction, NodeFacts, NodeGoal};
+use crate::plan::nodes::{
+    desired_nodes, node_action, node_ready, DesiredNode, NodeAction, NodeFacts, NodeGoal,
+};
 use crate::provider::{NodeSpec, ProcessState, Provider, StartOutcome};
-use crate::store::{BrokerId, BrokerRecord, NewNode, NodeRecord, ObservedState};
+use crate::store::{BrokerId, BrokerRecord, NewNode, NodeRecord, ObservedState, StoreError};
 
 /// An agent that exits sooner than this after its start is crash-looping.
 const CRASH_LOOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Draws of an endpoint for a new node before giving up for this pass.
+const ENDPOINT_ATTEMPTS: u32 = 8;
 
 /// What one broker's pass achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,21 +95,7 @@ impl Provisioner {
             if nodes.iter().any(|n| n.id == planned.id) {
                 continue;
             }
-            let taken = store.node_ports_taken().await?;
-            let endpoint = self.provider.allocate_endpoint(&taken)?;
-            let node = NewNode {
-                id: planned.id.clone(),
-                broker_id: broker.id.clone(),
-                ordinal: planned.ordinal,
-                zone: planned.zone.clone(),
-                host: endpoint.host,
-                amqp_port: endpoint.amqp_port,
-                admin_port: endpoint.admin_port,
-            };
-            store
-                .node_insert(&node, Utc::now())
-                .await
-                .context("recording a node")?;
+            self.record_node(broker, planned).await?;
             progressed = true;
         }
         if progressed {
@@ -245,6 +236,35 @@ impl Provisioner {
         })
     }
 
+    /// Records a planned node with an endpoint of its own. A drawn port that another node
+    /// already holds fails the insert on a unique constraint; draw again, a bounded number of
+    /// times.
+    async fn record_node(
+        &self,
+        broker: &BrokerRecord,
+        planned: &DesiredNode,
+    ) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let endpoint = self.provider.allocate_endpoint()?;
+            let node = NewNode {
+                id: planned.id.clone(),
+                broker_id: broker.id.clone(),
+                ordinal: planned.ordinal,
+                zone: planned.zone.clone(),
+                host: endpoint.host,
+                amqp_port: endpoint.amqp_port,
+                admin_port: endpoint.admin_port,
+            };
+            match self.state.store.node_insert(&node, Utc::now()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Constraint(_)) if attempt < ENDPOINT_ATTEMPTS => continue,
+                Err(e) => return Err(e).context("recording a node"),
+            }
+        }
+    }
+
     /// Starts a node with a fresh token. The token's hash is recorded first (with the node
     /// `unknown`), so the started agent can always authenticate and an older agent cannot.
     async fn start_node(
@@ -296,7 +316,7 @@ impl Provisioner {
         &self,
         broker: &BrokerRecord,
         nodes: &[NodeRecord],
-        desired: &[crate::plan::nodes::DesiredNode],
+        desired: &[DesiredNode],
     ) -> anyhow::Result<()> {
         // The broker has applied what every planned node has applied.
         let applied = desired

@@ -43,9 +43,8 @@ impl Fake {
 }
 
 impl Provider for Fake {
-    fn allocate_endpoint(&self, taken: &[u16]) -> anyhow::Result<Endpoint> {
+    fn allocate_endpoint(&self) -> anyhow::Result<Endpoint> {
         let base = 20_000 + self.next_port.fetch_add(2, Ordering::Relaxed);
-        assert!(!taken.contains(&base));
         Ok(Endpoint {
             host: "127.0.0.1".into(),
             amqp_port: base,
@@ -424,4 +423,27 @@ async fn converged_brokers_wait_until_their_row_changes() {
         .await
         .expect("pass");
     assert_eq!(h.fake.ops(), [format!("start {node}")]);
+}
+
+#[tokio::test]
+async fn a_port_another_node_holds_is_drawn_again() {
+    let h = harness().await;
+    let a = insert_broker(&h.store, "first").await;
+    h.pass(&a).await;
+    // The provider's next draw repeats the first node's ports.
+    h.fake.next_port.store(0, Ordering::Relaxed);
+    let b = insert_broker(&h.store, "second").await;
+    h.pass(&b).await;
+    let first = h
+        .store
+        .node_get(&NodeId(format!("{a}-1")))
+        .await
+        .expect("first");
+    let second = h
+        .store
+        .node_get(&NodeId(format!("{b}-1")))
+        .await
+        .expect("second");
+    assert_eq!(first.amqp_port, 20_000);
+    assert_eq!(second.amqp_port, 20_002, "the colliding draw was replaced");
 }

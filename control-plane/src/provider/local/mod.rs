@@ -251,8 +251,8 @@ fn node_port_range() -> (u16, u16) {
 }
 
 impl Provider for LocalProvider {
-    fn allocate_endpoint(&self, taken: &[u16]) -> anyhow::Result<Endpoint> {
-        let (amqp_port, admin_port) = free_port_pair(taken)?;
+    fn allocate_endpoint(&self) -> anyhow::Result<Endpoint> {
+        let (amqp_port, admin_port) = free_port_pair(&[])?;
         Ok(Endpoint {
             host: "127.0.0.1".into(),
             amqp_port,
