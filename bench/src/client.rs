@@ -48,6 +48,16 @@ pub fn close_error(method: &AMQPClass) -> Option<anyhow::Error> {
     }
 }
 
+/// connection.close with 200 "done", the polite end of a run.
+pub fn close_method() -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: 200,
+        reply_text: "done".into(),
+        class_id: 0,
+        method_id: 0,
+    }))
+}
+
 fn client_properties() -> FieldTable {
     let mut caps = FieldTable::default();
     for cap in [
@@ -310,13 +320,7 @@ impl Client {
 
     /// Closes politely; errors are ignored since the run's result is already known.
     pub async fn close(mut self) {
-        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: 200,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        }));
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.call(0, close)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.call(0, close_method())).await;
     }
 
     /// Hands the socket and any bytes already read to a streaming loop.

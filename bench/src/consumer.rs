@@ -5,18 +5,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{basic, connection, AMQPClass};
+use amq_protocol::protocol::{basic, AMQPClass};
 use anyhow::{bail, Context, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-use crate::client::{close_error, Client, CHANNEL};
-use crate::publisher::wall_clock_ns;
+use crate::client::{close_error, close_method, Client, CHANNEL};
 use crate::stats::Histogram;
 use crate::wire::{
-    body_timestamp, deliver_tag, encode_method, write_unless_stopped, FrameReader, Written,
-    FRAME_BODY, FRAME_METHOD,
+    body_timestamp, deliver_tag, encode_method, wall_clock_ns, write_unless_stopped, FrameReader,
+    Written, FRAME_BODY, FRAME_METHOD,
 };
 
 /// How long a read waits before re-checking the stop flag and flushing a partial ack.
@@ -67,13 +66,7 @@ pub async fn run(
         Ok(Written::StoppedTorn) => {}
         Ok(_) => {
             let mut out = Vec::new();
-            let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                reply_code: 200,
-                reply_text: "done".into(),
-                class_id: 0,
-                method_id: 0,
-            }));
-            if encode_method(&mut out, 0, close).is_ok() {
+            if encode_method(&mut out, 0, close_method()).is_ok() {
                 let _ = tokio::time::timeout(IDLE * 5, write.write_all(&out)).await;
             }
         }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use anyhow::{bail, Result};
@@ -14,9 +14,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::client::{close_error, Client, CHANNEL};
+use crate::client::{close_error, close_method, Client, CHANNEL};
 use crate::wire::{
-    encode_method, write_unless_stopped, FrameReader, PublishTemplate, Written, FRAME_METHOD,
+    encode_method, wall_clock_ns, write_unless_stopped, FrameReader, PublishTemplate, Written,
+    FRAME_METHOD,
 };
 
 /// Bytes gathered before one write: large enough to amortise the syscall, small enough
@@ -55,33 +56,19 @@ struct Confirms {
     changed: Notify,
 }
 
-pub fn wall_clock_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 /// Runs until `stop` is set, the count is published (and confirmed), or an error.
-/// `published` is updated as it goes so the coordinator can watch progress.
-pub async fn run(
-    client: Client,
-    spec: PublisherSpec,
-    stop: Arc<AtomicBool>,
-    published: Arc<AtomicU64>,
-) -> PublisherResult {
+pub async fn run(client: Client, spec: PublisherSpec, stop: Arc<AtomicBool>) -> PublisherResult {
     let (read, mut write, reader) = client.into_parts();
     let confirms = Arc::new(Confirms::default());
     let reader_task = tokio::spawn(read_confirms(read, reader, confirms.clone()));
     let mut result = PublisherResult::default();
-    let torn =
-        match publish_loop(&mut write, &spec, &stop, &published, &confirms, &mut result).await {
-            Ok(written) => written == Written::StoppedTorn,
-            Err(e) => {
-                result.error = Some(format!("{e:#}"));
-                false
-            }
-        };
+    let torn = match publish_loop(&mut write, &spec, &stop, &confirms, &mut result).await {
+        Ok(written) => written == Written::StoppedTorn,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            false
+        }
+    };
     if torn {
         // The last frame is incomplete: anything more would be garbage to the broker.
         // Dropping the socket ends the connection; what the reader sees now is moot.
@@ -103,22 +90,10 @@ pub async fn run(
     result
 }
 
-fn close_method() -> AMQPClass {
-    AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Close(
-        amq_protocol::protocol::connection::Close {
-            reply_code: 200,
-            reply_text: "done".into(),
-            class_id: 0,
-            method_id: 0,
-        },
-    ))
-}
-
 async fn publish_loop(
     write: &mut tokio::net::tcp::OwnedWriteHalf,
     spec: &PublisherSpec,
     stop: &AtomicBool,
-    published: &AtomicU64,
     confirms: &Confirms,
     result: &mut PublisherResult,
 ) -> Result<Written> {
@@ -170,7 +145,6 @@ async fn publish_loop(
             stopped => return Ok(stopped),
         }
         seq += allowed;
-        published.store(seq, Ordering::Relaxed);
         result.published = seq;
     }
     // A count run is finished when the broker has taken responsibility for every message.

@@ -116,7 +116,6 @@ pub async fn run(plan: Plan) -> Result<Report> {
         Stop::Counts { limit } => limit,
     };
     let window_end = started + limit;
-    let published = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for c in consumers {
         let spec = ConsumerSpec {
@@ -136,9 +135,9 @@ pub async fn run(plan: Plan) -> Result<Report> {
             pmessages: plan.pmessages,
             rate: plan.rate,
         };
-        let (stop, published, done) = (stop.clone(), published.clone(), producers_done.clone());
+        let (stop, done) = (stop.clone(), producers_done.clone());
         tasks.spawn(async move {
-            let r = publisher::run(c, spec, stop, published).await;
+            let r = publisher::run(c, spec, stop).await;
             done.fetch_add(1, Ordering::Relaxed);
             Outcome::Published(r)
         });

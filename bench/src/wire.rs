@@ -250,6 +250,14 @@ impl PublishTemplate {
     }
 }
 
+/// Nanoseconds since the Unix epoch: the clock in message bodies, shared across processes
+/// so that a backlog filled by one run and drained by another still has a latency.
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Reads the timestamp a publisher wrote at the start of a body, if the body has one.
 pub fn body_timestamp(first_body_frame: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = first_body_frame.get(..8)?.try_into().ok()?;
