@@ -91,6 +91,11 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "MOORING_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+
+    /// File holding the master key (64 hex characters) that seals stored secrets.
+    /// Default: `<data-dir>/master.key`, generated with mode 0600 when absent.
+    #[arg(long, env = "MOORING_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -108,6 +113,7 @@ impl ServeConfig {
             partition: "aws".to_owned(),
             account_id: "000000000000".to_owned(),
             log_format: LogFormat::Human,
+            master_key_file: None,
         }
     }
 

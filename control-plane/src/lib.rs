@@ -49,6 +49,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let store = open_store(&config.database).await?;
+    let master_key = app::principals::load_master_key(
+        config.master_key_file.as_deref(),
+        &config.database.data_dir,
+    )?;
+    app::principals::bootstrap(
+        &store,
+        &master_key,
+        &config.partition,
+        &config.account_id,
+        &config.database.data_dir,
+    )
+    .await
+    .context("bootstrapping the admin credentials")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -56,7 +69,7 @@ pub async fn serve(
     write_listen_file(&config.database.data_dir, &addr.to_string())?;
     tracing::info!(%addr, "mooring control plane listening");
 
-    let state = AppState::new(store, config);
+    let state = AppState::new(store, config).with_master_key(master_key);
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = spawn_background(&state, addr, stop_rx);
     let app = http::router(state.clone()).merge(extra_routes(&state));

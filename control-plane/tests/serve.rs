@@ -39,13 +39,49 @@ async fn serve_publishes_its_address_answers_and_stops_on_signal() {
         .await
         .expect("healthz answers");
     assert_eq!(health.status(), 200);
-    let missing = client
-        .get(format!(
-            "http://{addr}/v1/brokers/b-00000000-0000-0000-0000-000000000000"
-        ))
+    let path = "/v1/brokers/b-00000000-0000-0000-0000-000000000000";
+    let unsigned = client
+        .get(format!("http://{addr}{path}"))
         .send()
         .await
         .expect("describe answers");
+    assert_eq!(unsigned.status(), 403);
+    assert_eq!(
+        unsigned.headers()["x-amzn-ErrorType"],
+        "MissingAuthenticationTokenException"
+    );
+
+    // The first start wrote the admin's credentials; signed with them, it answers.
+    let credentials = std::fs::read_to_string(dir.path().join("data").join("credentials"))
+        .expect("the credentials file");
+    let field = |name: &str| {
+        credentials
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .expect("field present")
+            .to_owned()
+    };
+    let (key_id, secret) = (field("aws_access_key_id"), field("aws_secret_access_key"));
+    let signed = mooring_control_plane::auth::sigv4::sign_request(
+        "GET",
+        path,
+        "",
+        &[("host", addr.as_str())],
+        b"",
+        &mooring_control_plane::auth::sigv4::SigningParams {
+            access_key_id: &key_id,
+            secret_access_key: &secret,
+            session_token: None,
+            region: "us-east-1",
+            service: "mq",
+            time: chrono::Utc::now(),
+        },
+    );
+    let mut request = client.get(format!("http://{addr}{path}"));
+    for (name, value) in signed {
+        request = request.header(name, value);
+    }
+    let missing = request.send().await.expect("describe answers");
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.headers()["x-amzn-ErrorType"], "NotFoundException");
 

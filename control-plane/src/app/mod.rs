@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod configurations;
 pub mod paging;
 pub mod password;
+pub mod principals;
 pub mod tags;
 pub mod users;
 pub mod validate;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::auth::keys::MasterKey;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -33,6 +35,10 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<ServeConfig>,
     pub metrics: Arc<Metrics>,
+    /// Seals and opens the access-key secrets in the store. [`AppState::new`] makes a
+    /// random one (enough for tests); `serve` installs the persistent one with
+    /// [`AppState::with_master_key`].
+    pub master_key: Arc<MasterKey>,
     /// A counter bumped after every write of intent; each reconciler holds a receiver
     /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
     /// channel never loses a wake-up that arrives while a pass is running.
@@ -46,8 +52,15 @@ impl AppState {
             store,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
+            master_key: Arc::new(MasterKey::generate().0),
             reconcile_wake: Arc::new(wake),
         }
+    }
+
+    /// Replaces the master key (before any secret is sealed under the old one).
+    pub fn with_master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Arc::new(key);
+        self
     }
 
     /// Tells the reconcilers that intent changed.

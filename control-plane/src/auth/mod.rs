@@ -27,5 +27,6 @@
 //!    that cannot be evaluated, with the reason for MalformedPolicyDocument.
 
 pub mod actions;
+pub mod keys;
 pub mod policy;
 pub mod sigv4;

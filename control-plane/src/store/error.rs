@@ -11,6 +11,8 @@ pub enum Constraint {
     ConfigurationRevision,
     /// A configuration some broker runs or is about to run cannot be deleted.
     ConfigurationInUse,
+    /// An IAM user, group, role or managed policy name already taken in the account.
+    IamEntityName,
     Other,
 }
 

@@ -10,6 +10,7 @@ mod configurations;
 mod error;
 mod ids;
 mod nodes;
+mod principals;
 mod tags;
 mod users;
 
@@ -27,6 +28,7 @@ pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use error::{Constraint, StoreError};
 pub use ids::{BrokerId, ConfigurationId};
 pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
+pub use principals::{AccessKeyRecord, IamEntityRecord, KeyInsert, PrincipalKind};
 pub use users::{NewUser, UserRecord, UserUpdate};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

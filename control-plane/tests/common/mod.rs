@@ -7,8 +7,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use mooring_control_plane::app::principals;
 use mooring_control_plane::app::AppState;
+use mooring_control_plane::auth::sigv4::{sign_request, SigningParams};
 use mooring_control_plane::config::ServeConfig;
+use mooring_control_plane::store::PrincipalKind;
 use mooring_control_plane::store::Store;
 use tower::ServiceExt as _;
 
@@ -104,11 +107,45 @@ pub async fn stores() -> Vec<TestStore> {
     out
 }
 
-/// The public API in process, on a fresh store.
+/// Full access, as the bootstrapped admin has.
+pub const ADMIN_POLICY: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+
+/// An IAM user's access key, for signing requests as that user.
+#[derive(Clone)]
+pub struct TestKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// Creates an IAM user with one inline policy and one access key.
+pub async fn create_iam_user(state: &AppState, name: &str, policy: &str) -> TestKey {
+    let config = &state.config;
+    let user = principals::user_create(&state.store, &config.partition, &config.account_id, name)
+        .await
+        .expect("user created");
+    state
+        .store
+        .inline_policy_put(PrincipalKind::User, &user.id, "test-policy", policy)
+        .await
+        .expect("policy stored");
+    let key = principals::access_key_create(&state.store, &state.master_key, &user.id)
+        .await
+        .expect("key issued");
+    TestKey {
+        access_key_id: key.access_key_id,
+        secret_access_key: key.secret_access_key,
+    }
+}
+
+/// The public API in process, on a fresh store. Requests are signed (SigV4, service
+/// `mq`) with `key`: an admin user's key at first; set another from
+/// [`create_iam_user`] to act as that user, or `None` to send requests unsigned.
 pub struct TestApi {
     pub state: AppState,
     pub router: Router,
     pub store: TestStore,
+    pub key: Option<TestKey>,
 }
 
 impl TestApi {
@@ -116,10 +153,12 @@ impl TestApi {
         let config = ServeConfig::for_tests(std::env::temp_dir(), None);
         let state = AppState::new(store.store.clone(), config);
         let router = mooring_control_plane::http::router(state.clone());
+        let key = create_iam_user(&state, "test-admin", ADMIN_POLICY).await;
         TestApi {
             state,
             router,
             store,
+            key: Some(key),
         }
     }
 
@@ -130,10 +169,33 @@ impl TestApi {
     /// Sends one request; returns status, the `x-amzn-ErrorType` header and the JSON body
     /// (`Null` when empty).
     pub async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> Reply {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let base = [("host", "localhost"), ("content-type", "application/json")];
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in base {
+            builder = builder.header(name, value);
+        }
+        if let Some(key) = &self.key {
+            let signed = sign_request(
+                method,
+                path,
+                query,
+                &base,
+                body.unwrap_or("").as_bytes(),
+                &SigningParams {
+                    access_key_id: &key.access_key_id,
+                    secret_access_key: &key.secret_access_key,
+                    session_token: None,
+                    region: &self.state.config.region,
+                    service: "mq",
+                    time: chrono::Utc::now(),
+                },
+            );
+            for (name, value) in signed {
+                builder = builder.header(name, value);
+            }
+        }
+        let request = builder
             .body(
                 body.map(|b| Body::from(b.to_owned()))
                     .unwrap_or_else(Body::empty),

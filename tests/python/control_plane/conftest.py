@@ -1,6 +1,8 @@
 """Fixtures for the control plane's API tests: a real `mooring serve` on a loopback
-port of its choosing, and the real AWS CLI pointed at it."""
+port of its choosing, and the real AWS CLI pointed at it, signing with the admin
+credentials `mooring serve` writes to `<data-dir>/credentials` on first start."""
 
+import configparser
 import json
 import os
 import signal
@@ -11,6 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # How long a freshly started control plane may take to publish its address.
@@ -77,6 +82,15 @@ class ControlPlane:
 
         self.address = poll(published, START_TIMEOUT_S, "mooring to write its listen file")
         self.endpoint = f"http://{self.address}"
+        # Written before the listen file, on first start only.
+        self.credentials_file = self.data_dir / "credentials"
+
+    def admin_credentials(self):
+        """(access key id, secret) from the bootstrapped `[default]` profile."""
+        parser = configparser.ConfigParser()
+        assert parser.read(self.credentials_file), f"{self.credentials_file} missing: {self.log()}"
+        profile = parser["default"]
+        return profile["aws_access_key_id"], profile["aws_secret_access_key"]
 
     def kill_agents(self):
         """Kills broker agents this control plane started and left running (a test that
@@ -104,11 +118,19 @@ class ControlPlane:
                 self.process.wait(STOP_TIMEOUT_S)
         self._log.close()
 
-    def http(self, method, path, body=None):
-        """A raw request: (status, headers, parsed JSON or text)."""
+    def http(self, method, path, body=None, signed=True, headers=None):
+        """A raw request, SigV4-signed as the admin unless `signed` is false:
+        (status, headers, parsed JSON or text)."""
         data = body.encode() if isinstance(body, str) else body
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        if signed:
+            key_id, secret = self.admin_credentials()
+            aws_request = AWSRequest(method=method, url=self.endpoint + path, data=data or b"", headers=all_headers)
+            SigV4Auth(Credentials(key_id, secret), "mq", "us-east-1").add_auth(aws_request)
+            all_headers = dict(aws_request.headers.items())
         request = urllib.request.Request(self.endpoint + path, data=data, method=method)
-        request.add_header("content-type", "application/json")
+        for name, value in all_headers.items():
+            request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 status, headers, raw = response.status, response.headers, response.read()
@@ -122,27 +144,29 @@ class ControlPlane:
 
 
 class Aws:
-    """Runs `aws mq ...` against a control plane, with throwaway credentials."""
+    """Runs `aws mq ...` against a control plane, with the credentials in
+    `credentials_file` (an AWS shared-credentials file; its `[default]` profile)."""
 
-    def __init__(self, endpoint, home):
+    def __init__(self, endpoint, home, credentials_file):
         self.endpoint = endpoint
         self.env = dict(os.environ)
+        # Credentials in the environment would win over the file.
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            self.env.pop(name, None)
         self.env.update(
             {
-                "AWS_ACCESS_KEY_ID": "AKIDMOORINGTEST",
-                "AWS_SECRET_ACCESS_KEY": "mooring-test-secret",
                 "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_CONFIG_FILE": str(Path(home) / "config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(Path(home) / "credentials"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(credentials_file),
                 "AWS_EC2_METADATA_DISABLED": "true",
                 "AWS_PAGER": "",
                 "HOME": str(home),
             }
         )
 
-    def run(self, *args):
+    def run(self, *args, service="mq"):
         """(exit code, parsed stdout or None, stderr)."""
-        cmd = [_aws_cli(), "mq", *args, "--endpoint-url", self.endpoint, "--region", "us-east-1", "--output", "json"]
+        cmd = [_aws_cli(), service, *args, "--endpoint-url", self.endpoint, "--region", "us-east-1", "--output", "json"]
         done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
         out = json.loads(done.stdout) if done.stdout.strip() else None
         return done.returncode, out, done.stderr
@@ -173,4 +197,4 @@ def control_plane(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def aws(control_plane, tmp_path_factory):
-    return Aws(control_plane.endpoint, tmp_path_factory.mktemp("aws-home"))
+    return Aws(control_plane.endpoint, tmp_path_factory.mktemp("aws-home"), control_plane.credentials_file)

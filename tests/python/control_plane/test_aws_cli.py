@@ -245,7 +245,7 @@ def test_reboot_applies_pending_changes_on_a_running_broker(tmp_path):
 
     cp = ControlPlane(tmp_path / "cp")
     try:
-        aws = Aws(cp.endpoint, tmp_path)
+        aws = Aws(cp.endpoint, tmp_path, cp.credentials_file)
         broker_id = create_broker(aws, unique("reboot"))["BrokerId"]
 
         def state():
