@@ -101,15 +101,29 @@ fn processes_naming(needle: &Path) -> Vec<(u32, Vec<String>)> {
     out
 }
 
-/// Pids of `mooring-agent run` processes for `node` under `dir`.
+/// Pids of `mooring-agent run` processes for `node` under `dir`, leaving out children an
+/// agent forked but has not exec'd yet (they show its command line for a moment).
 fn agent_pids(dir: &Path, node: &NodeId) -> Vec<u32> {
-    processes_naming(dir)
+    let matches: Vec<u32> = processes_naming(dir)
         .into_iter()
         .filter(|(_, argv)| {
             argv.windows(2)
                 .any(|w| w[0] == "--node-id" && w[1] == node.0)
         })
         .map(|(pid, _)| pid)
+        .collect();
+    matches
+        .iter()
+        .copied()
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            ppid.is_none_or(|p| !matches.contains(&p))
+        })
         .collect()
 }
 

@@ -85,13 +85,25 @@ def processes_naming(needle):
 
 
 def agents_by_node(data_dir):
-    """{node id: [pids]} of `mooring-agent run` processes under `data_dir`."""
+    """{node id: [pids]} of `mooring-agent run` processes under `data_dir`. A child an agent
+    has forked but not yet exec'd (the engine runs `df`) shows the agent's command line for a
+    moment; a match whose parent is also a match is such a child and is left out."""
+    found = {pid: argv for pid, argv in processes_naming(str(data_dir)).items()
+             if "run" in argv and "--node-id" in argv}
     by_node = {}
-    for pid, argv in processes_naming(str(data_dir)).items():
-        if "run" in argv and "--node-id" in argv:
-            node = argv[argv.index("--node-id") + 1]
-            by_node.setdefault(node, []).append(pid)
+    for pid, argv in found.items():
+        if parent_pid(pid) in found:
+            continue
+        node = argv[argv.index("--node-id") + 1]
+        by_node.setdefault(node, []).append(pid)
     return by_node
+
+
+def parent_pid(pid):
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def kill_everything_under(data_dir):

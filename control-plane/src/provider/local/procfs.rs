@@ -19,15 +19,29 @@ pub fn is_agent(pid: u32, node_id: &str, data_dir: &Path) -> bool {
 }
 
 /// Every live agent of `node_id` on `data_dir` (more than one only if something went badly
-/// wrong; the data-dir lock makes all but one exit at once).
+/// wrong; the data-dir lock makes all but one exit at once). A child the agent has forked but
+/// not yet exec'd (the engine runs `df`) still shows the agent's command line for a moment;
+/// processes whose parent is itself a match are such children, not agents.
 pub fn find_agents(node_id: &str, data_dir: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let matches: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| is_agent(*pid, node_id, data_dir))
+        .collect();
+    matches
+        .iter()
+        .copied()
+        .filter(|pid| parent(*pid).is_none_or(|ppid| !matches.contains(&ppid)))
         .collect()
+}
+
+/// The parent pid, from `/proc/PID/stat` (the field after the state).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cmdline_names(cmdline: &[u8], node_id: &str, data_dir: &Path) -> bool {
@@ -103,5 +117,43 @@ mod tests {
         child.wait().expect("reap");
         assert!(!is_agent(pid, &node, dir.path()));
         assert!(find_agents(&node, dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_child_with_the_agents_command_line_is_not_an_agent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = format!("n-child-{}", std::process::id());
+        let d = dir.path().to_string_lossy().into_owned();
+        // The parent runs a child carrying the same `--node-id`/`--data-dir` pair, as a forked
+        // but not yet exec'd child of an agent does.
+        let inner = format!("sh -c 'sleep 30; true' sh --node-id {node} --data-dir {d}; true");
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", &inner, "sh", "--node-id", &node, "--data-dir", &d])
+            .spawn()
+            .expect("spawn");
+        let pid = parent.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let all: Vec<u32> = fs::read_dir("/proc")
+                .expect("/proc")
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| is_agent(*p, &node, dir.path()))
+                .collect();
+            if all.len() == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never appeared: {all:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(find_agents(&node, dir.path()), vec![pid]);
+        let _ = std::process::Command::new("pkill")
+            .arg("-P")
+            .arg(pid.to_string())
+            .status();
+        parent.kill().expect("kill");
+        parent.wait().expect("reap");
     }
 }
