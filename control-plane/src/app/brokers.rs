@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::store::{
     BrokerId, BrokerRecord, BrokerSpecUpdate, ConfigurationId, Constraint, NewBroker, NewUser,
-    ObservedState, StoreError, UserRecord,
+    NodeRecord, ObservedState, StoreError, UserRecord,
 };
 
 /// Default page size of ListBrokers (Amazon MQ's).
@@ -345,31 +345,29 @@ fn new_users(users: &[crate::api::User]) -> Result<Vec<NewUser>, ApiError> {
 }
 
 pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, ApiError> {
-    let broker = get_broker(state, id).await?;
-    // DescribeBroker lists users without paging; a broker's user count is bounded in
-    // practice by what an operator creates by hand.
+    let broker_id = parse_broker_id(id)?;
     // Independent reads, on separate pooled connections: one round trip of latency.
-    let (users, tags, instances) = tokio::try_join!(
-        async { Ok::<_, ApiError>(state.store.user_list(&broker.id, None, 10_000).await?) },
-        async { Ok::<_, ApiError>(state.store.tag_list(&broker.arn).await?) },
-        broker_instances(state, &broker),
-    )?;
+    let (detail, nodes) = tokio::join!(
+        state.store.broker_describe(&broker_id),
+        state.store.node_list_for_broker(&broker_id),
+    );
+    let detail = match detail {
+        Ok(d) => d,
+        Err(StoreError::NotFound(_)) => return Err(broker_not_found(broker_id.as_str())),
+        Err(e) => return Err(e.into()),
+    };
     Ok(BrokerView {
-        broker,
-        users,
-        tags,
-        instances,
+        broker: detail.broker,
+        users: detail.users,
+        tags: detail.tags,
+        instances: broker_instances(nodes?),
     })
 }
 
 /// The broker's nodes as DescribeBroker shows them: every node that has been started
 /// (its ports are fixed at provisioning), none while pending or being removed.
-async fn broker_instances(
-    state: &AppState,
-    broker: &BrokerRecord,
-) -> Result<Vec<BrokerInstanceView>, ApiError> {
-    let nodes = state.store.node_list_for_broker(&broker.id).await?;
-    Ok(nodes
+fn broker_instances(nodes: Vec<NodeRecord>) -> Vec<BrokerInstanceView> {
+    nodes
         .into_iter()
         .filter(|n| !matches!(n.observed, ObservedState::Pending | ObservedState::Deleting))
         .map(|n| BrokerInstanceView {
@@ -377,7 +375,7 @@ async fn broker_instances(
             endpoints: vec![n.amqp_endpoint()],
             ip_address: Some(n.host.clone()),
         })
-        .collect())
+        .collect()
 }
 
 pub async fn list_brokers(

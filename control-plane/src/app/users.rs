@@ -3,7 +3,7 @@
 //! pending (DescribeUser `pending`, DescribeBroker `users[].pendingChange`) until the
 //! nodes report that generation applied.
 
-use super::brokers::{broker_not_found, get_broker};
+use super::brokers::{broker_not_found, get_broker, parse_broker_id};
 use super::{paging, password, validate, AppState};
 use crate::api::{CreateUserRequest, PageQuery, UpdateUserRequest};
 use crate::error::ApiError;
@@ -84,7 +84,9 @@ pub async fn create_user(
     let groups = req.groups.unwrap_or_default();
     check_groups(&groups)?;
     check_replication_user(req.replication_user)?;
-    let broker = live_broker(state, broker_id).await?;
+    // No read of the broker first: the store's write checks that it exists and is live,
+    // and only a refused write pays for the read that says why.
+    let id = parse_broker_id(broker_id)?;
     let user = NewUser {
         username: username.to_owned(),
         password_hash: password::hash(&pw),
@@ -92,11 +94,17 @@ pub async fn create_user(
         groups,
         replication_user: false,
     };
-    let generation = state
-        .store
-        .user_create(&broker.id, &user)
-        .await
-        .map_err(|e| user_write_error(e, broker_id, username))?;
+    let generation = match state.store.user_create(&id, &user).await {
+        Ok(generation) => generation,
+        Err(StoreError::NotFound("broker")) => {
+            // Missing, or being deleted: live_broker tells which.
+            return Err(live_broker(state, broker_id)
+                .await
+                .err()
+                .unwrap_or_else(|| broker_not_found(broker_id)));
+        }
+        Err(e) => return Err(user_write_error(e, broker_id, username)),
+    };
     tracing::info!(broker_id, username, generation, "user created");
     state.wake_reconcilers();
     Ok(generation)

@@ -5,10 +5,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use std::collections::BTreeMap;
+
 use super::tags::upsert_tag;
-use super::users::insert_user;
+use super::users::{insert_user, UserRow, COLUMNS as USER_COLUMNS};
 use super::{
     json_list, parse_json_list, with_pool, BrokerId, ConfigurationId, NewUser, Store, StoreError,
+    UserRecord,
 };
 use crate::model::{
     AuthenticationStrategy, BrokerState, ChangeType, DayOfWeek, DeploymentMode, EngineType,
@@ -144,6 +147,27 @@ const COLUMNS: &str = "id, name, arn, state, engine_type, engine_version, host_i
     configuration_revision, configuration_history, pending_engine_version, \
     pending_host_instance_type, pending_configuration_id, pending_configuration_revision, \
     creator_request_id, generation, reboot_generation, version, created_at, updated_at";
+
+/// A broker with its users (by name, those pending deletion included) and its tags.
+#[derive(Debug, Clone)]
+pub struct BrokerDetail {
+    pub broker: BrokerRecord,
+    pub users: Vec<UserRecord>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// [`BrokerDetail`] in one row: users and tags aggregated as JSON.
+#[derive(FromRow)]
+struct BrokerDetailRow {
+    #[sqlx(flatten)]
+    broker: BrokerRow,
+    users: sqlx::types::Json<Vec<UserRow>>,
+    tags: sqlx::types::Json<Vec<(String, String)>>,
+}
+
+/// DescribeBroker lists users without paging; a broker's user count is bounded in practice
+/// by what an operator creates by hand, and this bounds the answer regardless.
+const DESCRIBE_USERS_MAX: i64 = 10_000;
 
 #[derive(FromRow)]
 struct BrokerRow {
@@ -323,6 +347,50 @@ impl Store {
             sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await?
         });
         row.ok_or(StoreError::NotFound("broker"))?.try_into()
+    }
+
+    /// The broker, its users and its tags: DescribeBroker's reads. One query on Postgres
+    /// (three round trips fewer on the API's most frequent read); three on SQLite, where a
+    /// query is a function call.
+    pub async fn broker_describe(&self, id: &BrokerId) -> Result<BrokerDetail, StoreError> {
+        let pool = match self {
+            Store::Postgres(pool) => pool,
+            Store::Sqlite(_) => {
+                let broker = self.broker_get(id).await?;
+                let users = self.user_list(id, None, DESCRIBE_USERS_MAX).await?;
+                let tags = self.tag_list(&broker.arn).await?;
+                return Ok(BrokerDetail {
+                    broker,
+                    users,
+                    tags,
+                });
+            }
+        };
+        let sql = format!(
+            "SELECT {COLUMNS}, \
+             (SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM \
+                (SELECT {USER_COLUMNS} FROM broker_users WHERE broker_id = b.id \
+                 ORDER BY username LIMIT $2) u) AS users, \
+             (SELECT coalesce(json_agg(json_build_array(t.key, t.value) ORDER BY t.key), '[]') \
+                FROM tags t WHERE t.resource_arn = b.arn) AS tags \
+             FROM brokers b WHERE id = $1"
+        );
+        let row: Option<BrokerDetailRow> = sqlx::query_as(&sql)
+            .bind(id.as_str())
+            .bind(DESCRIBE_USERS_MAX)
+            .fetch_optional(pool)
+            .await?;
+        let row = row.ok_or(StoreError::NotFound("broker"))?;
+        Ok(BrokerDetail {
+            broker: row.broker.try_into()?,
+            users: row
+                .users
+                .0
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            tags: row.tags.0.into_iter().collect(),
+        })
     }
 
     pub async fn broker_get_by_name(&self, name: &str) -> Result<Option<BrokerRecord>, StoreError> {

@@ -23,7 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-pub use brokers::{BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
+pub use brokers::{BrokerDetail, BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
 pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use error::{Constraint, StoreError};
 pub use ids::{BrokerId, ConfigurationId};

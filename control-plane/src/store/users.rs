@@ -43,7 +43,7 @@ pub struct UserUpdate {
     pub replication_user: Option<bool>,
 }
 
-const COLUMNS: &str = "broker_id, username, password_hash, console_access, groups, \
+pub(super) const COLUMNS: &str = "broker_id, username, password_hash, console_access, groups, \
     replication_user, pending_change, pending_generation, created_at";
 
 /// Inserts a user row inside a transaction; reviving a user that is pending deletion
@@ -79,8 +79,9 @@ macro_rules! insert_user {
 }
 pub(super) use insert_user;
 
-#[derive(FromRow)]
-struct UserRow {
+/// Also read from JSON (DescribeBroker aggregates a broker's users into one column).
+#[derive(FromRow, serde::Deserialize)]
+pub(super) struct UserRow {
     broker_id: String,
     username: String,
     password_hash: String,
@@ -143,13 +144,22 @@ impl Store {
         user: &NewUser,
     ) -> Result<i64, StoreError> {
         let now = Utc::now();
-        Ok(with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let generation = bump_generation!(&mut *tx, broker_id);
-            insert_user!(&mut *tx, broker_id, user, ChangeType::Create, generation, now);
-            tx.commit().await?;
-            generation
-        }))
+        let pool = match self {
+            Store::Postgres(pool) => return user_create_postgres(pool, broker_id, user, now).await,
+            Store::Sqlite(pool) => pool,
+        };
+        let mut tx = pool.begin().await?;
+        let generation = bump_generation!(&mut *tx, broker_id);
+        insert_user!(
+            &mut *tx,
+            broker_id,
+            user,
+            ChangeType::Create,
+            generation,
+            now
+        );
+        tx.commit().await?;
+        Ok(generation)
     }
 
     pub async fn user_get(
@@ -301,5 +311,53 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
+    }
+}
+
+/// [`Store::user_create`] on Postgres in one statement, so one round trip instead of five
+/// (BEGIN, bump, insert, COMMIT): CreateUser is the API's hottest write. `broker` locks the
+/// broker row (`FOR UPDATE` reads its latest generation even when a concurrent bump
+/// committed after our snapshot); the user is inserted at the next generation; the broker is
+/// bumped to it only when the insert happened, so a conflict changes nothing.
+async fn user_create_postgres(
+    pool: &sqlx::PgPool,
+    broker_id: &BrokerId,
+    user: &NewUser,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let (live, generation): (bool, Option<i64>) = sqlx::query_as(
+        "WITH broker AS ( \
+             SELECT generation + 1 AS generation FROM brokers \
+             WHERE id = $1 AND state <> $9 FOR UPDATE \
+         ), added AS ( \
+             INSERT INTO broker_users (broker_id, username, password_hash, console_access, \
+                 groups, replication_user, pending_change, pending_generation, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, broker.generation, $8 FROM broker \
+             ON CONFLICT (broker_id, username) DO UPDATE SET password_hash = $3, \
+                 console_access = $4, groups = $5, replication_user = $6, pending_change = $7, \
+                 pending_generation = EXCLUDED.pending_generation \
+             WHERE broker_users.pending_change = 'DELETE' \
+             RETURNING pending_generation \
+         ), bumped AS ( \
+             UPDATE brokers SET generation = added.pending_generation, updated_at = $8 \
+             FROM added WHERE brokers.id = $1 RETURNING brokers.generation \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM broker), (SELECT generation FROM bumped)",
+    )
+    .bind(broker_id.as_str())
+    .bind(&user.username)
+    .bind(&user.password_hash)
+    .bind(user.console_access)
+    .bind(json_list(&user.groups))
+    .bind(user.replication_user)
+    .bind(ChangeType::Create.as_str())
+    .bind(now)
+    .bind(BrokerState::DeletionInProgress.as_str())
+    .fetch_one(pool)
+    .await?;
+    match (live, generation) {
+        (false, _) => Err(StoreError::NotFound("broker")),
+        (true, None) => Err(StoreError::Constraint(super::Constraint::BrokerUser)),
+        (true, Some(generation)) => Ok(generation),
     }
 }

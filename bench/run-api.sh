@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# make bench-api: the control plane's API against raw Postgres on the same server, then the
+# fleet test. Builds nothing itself: `make bench-api` runs `cargo build --release --bins` first.
+#
+# 1. A throwaway Postgres (initdb, its own port, fsync=off: neither side waits for the disk,
+#    so both are measured on CPU and round trips, not on this machine's fsync).
+# 2. `mooring serve` (release) on it, with an agent binary that does not exist: brokers never
+#    get nodes, so no engine competes for the CPU, and the reconciler backs their failures off.
+# 3. `mooring-api-load` (a separate process, one thread) creates the brokers and drives
+#    DescribeBroker, ListBrokers and CreateUser with concurrent keep-alive clients, signed
+#    with `<data-dir>/credentials` when the control plane wrote one.
+# 4. pgbench on the same database with the same client count: the single-row select and
+#    insert those operations amount to.
+# 5. The fleet test (10,000 simulated agents on the control plane's real agent API).
+#
+# Environment (all optional):
+#   BENCH_API_CLIENTS   concurrent clients, API and pgbench alike (default 16)
+#   BENCH_API_SECONDS   seconds per operation (default 5)
+#   BENCH_API_BROKERS   brokers created before the measurement (default 100)
+#   BENCH_FLEET_BROKERS brokers in the fleet test (default 10000; 0 skips it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+CLIENTS="${BENCH_API_CLIENTS:-16}"
+DURATION="${BENCH_API_SECONDS:-5}"
+BROKERS="${BENCH_API_BROKERS:-100}"
+FLEET="${BENCH_FLEET_BROKERS:-10000}"
+for b in mooring mooring-api-load; do
+  [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b: run cargo build --release --bins" >&2; exit 2; }
+done
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+[[ -x "$PG_BIN/initdb" ]] || { echo "no PostgreSQL server binaries under /usr/lib/postgresql" >&2; exit 2; }
+command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-contrib)" >&2; exit 2; }
+
+work="$(mktemp -d)"
+server_pid=
+as_postgres() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  [[ -f "$work/pg/PG_VERSION" ]] && as_postgres "$PG_BIN/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+[[ $(id -u) == 0 ]] && chown postgres: "$work"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port="$(free_port)"
+as_postgres "$PG_BIN/initdb" -D "$work/pg" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
+  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+psql -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE mooring'
+DB="postgres://postgres@127.0.0.1:$port/mooring"
+
+mkdir -p "$work/cp"
+MOORING_LOG_FORMAT=human RUST_LOG="${RUST_LOG:-warn}" "$BIN/mooring" serve --listen 127.0.0.1:0 \
+  --data-dir "$work/cp" --database-url "$DB" --agent-binary "$work/no-agent" \
+  >"$work/serve.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do [[ -s "$work/cp/listen" ]] && break; sleep 0.1; done
+[[ -s "$work/cp/listen" ]] || { echo "mooring serve did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
+api="$(cat "$work/cp/listen")"
+
+echo "bench-api: $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench-api: Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (fsync=off), $CLIENTS clients, $DURATION s per operation, $BROKERS brokers"
+"$BIN/mooring-api-load" --endpoint "$api" --clients "$CLIENTS" --seconds "$DURATION" \
+  --brokers "$BROKERS" --credentials "$work/cp/credentials" --server-pid "$server_pid" \
+  >"$work/api.txt"
+
+pgbench_tps() {
+  printf '%b' "$1" >"$work/script.sql"
+  pgbench -h 127.0.0.1 -p "$port" -U postgres -n -j 2 -c "$CLIENTS" -T "$DURATION" \
+    -f "$work/script.sql" mooring 2>/dev/null | awk '/^tps = /{print $3}'
+}
+# DescribeBroker and ListBrokers amount to an indexed single-row select; CreateUser to a
+# single-row insert.
+select_tps="$(pgbench_tps "\\\\set n random(0, $((BROKERS - 1)))\nSELECT * FROM brokers WHERE name = 'load-' || :n;\n")"
+insert_tps="$(pgbench_tps "INSERT INTO tags (resource_arn, key, value) VALUES (md5(random()::text), 'k', 'v');\n")"
+echo "bench-api: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+printf '%-16s %10s %8s %8s %12s %12s %10s %7s\n' operation 'req/s' 'p50 ms' 'p99 ms' 'client us/r' 'server us/r' 'pg tps' ratio
+while read -r _ op rate p50 p99 ccpu scpu; do
+  case "$op" in
+    create-user) raw="$insert_tps" ;;
+    *) raw="$select_tps" ;;
+  esac
+  ratio="$(awk -v a="$rate" -v b="$raw" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+  printf '%-16s %10s %8s %8s %12s %12s %10.0f %7s\n' "$op" "$rate" "$p50" "$p99" "$ccpu" "$scpu" "$raw" "$ratio"
+  summary+=("api $op mooring $rate postgres $(printf '%.0f' "$raw") ratio $ratio")
+done < <(grep '^result ' "$work/api.txt")
+printf '%s\n' "${summary[@]}"
+
+kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+server_pid=
+
+if [[ "$FLEET" -gt 0 ]]; then
+  echo "bench-api: fleet of $FLEET simulated agents (SQLite), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  MOORING_FLEET_BROKERS="$FLEET" MOORING_FLEET_HEARTBEAT_MS="${BENCH_FLEET_HEARTBEAT_MS:-5000}" \
+    cargo test --release -q -p mooring-control-plane --test agents_fleet -- --nocapture 2>&1 \
+    | grep -E '^fleet|test result|panicked'
+fi
