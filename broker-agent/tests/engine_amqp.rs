@@ -602,3 +602,77 @@ async fn transient_backlog_spills_to_disk_and_comes_back_intact() {
     );
     engine.shutdown().await;
 }
+
+/// Quorum confirms arrive while the reader keeps appending (several batches' fsyncs in
+/// flight), each after its fsync, and classic confirms on the same connection wait behind
+/// them without being lost or reordered.
+#[tokio::test]
+async fn pipelined_quorum_and_classic_confirms_all_arrive_acked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = support::start(dir.path()).await;
+    let conn = connect(&engine).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("pq".into(), durable(), quorum_args())
+        .await
+        .expect("declare quorum");
+    ch.queue_declare("pc".into(), durable(), FieldTable::default())
+        .await
+        .expect("declare classic");
+    let quorum = conn.create_channel().await.expect("channel");
+    let classic = conn.create_channel().await.expect("channel");
+    let (q, c) = tokio::join!(
+        publish_confirmed(&quorum, "pq", 2_000, "q"),
+        publish_confirmed(&classic, "pc", 2_000, "c"),
+    );
+    let ((), ()) = (q, c);
+    let pq = ch
+        .queue_declare(
+            "pq".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..durable()
+            },
+            quorum_args(),
+        )
+        .await
+        .expect("passive declare");
+    assert_eq!(pq.message_count(), 2_000);
+    engine.shutdown().await;
+}
+
+/// Finding 17: a quorum queue deleted while the fsync of a message routed to it is pending is
+/// no failed fsync: the message is confirmed (as RabbitMQ does), and so are later ones.
+#[tokio::test]
+async fn quorum_queue_deleted_under_a_pending_fsync_still_confirms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = support::start(dir.path()).await;
+    let conn = connect(&engine).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for round in 0..50 {
+        ch.queue_declare("gone".into(), durable(), quorum_args())
+            .await
+            .expect("declare quorum");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "gone".into(),
+                BasicPublishOptions::default(),
+                format!("m{round}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        ch.queue_delete("gone".into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("delete");
+        let c = tokio::time::timeout(STEP, confirm)
+            .await
+            .expect("confirm in time")
+            .expect("confirm");
+        assert!(matches!(c, Confirmation::Ack(_)), "round {round}: {c:?}");
+    }
+    engine.shutdown().await;
+}

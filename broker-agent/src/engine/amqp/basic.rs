@@ -9,7 +9,7 @@ use base64::Engine as _;
 use rand::RngCore;
 
 use super::channel::{group_by_queue, send_method, AckAction, Channel, PendingContent};
-use super::connection::{Connection, PendingConfirm};
+use super::connection::{touched_bit, Connection, PendingConfirm};
 use super::error::{AmqpError, AmqpResult};
 use super::frame;
 use crate::engine::broker::consumer::{Consumer, Unacked};
@@ -143,10 +143,17 @@ impl Connection {
         if ch.confirm {
             let seq = ch.next_publish_seq;
             ch.next_publish_seq += 1;
+            // The logs this message was written to: only their flushes decide its confirm.
+            let logs = queues
+                .iter()
+                .filter(|_| msg.persistent)
+                .filter_map(|q| self.touched.iter().position(|t| Arc::ptr_eq(t, q)))
+                .fold(0, |mask, i| mask | touched_bit(i));
             self.confirms.push(PendingConfirm {
                 channel: ch.id,
                 seq,
                 ack,
+                logs,
             });
         }
         Ok(())

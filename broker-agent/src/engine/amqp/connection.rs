@@ -1,13 +1,20 @@
 //! One client connection: a reader loop (this task) plus a writer task. The reader processes
 //! every frame already buffered, then ends the batch: queue logs touched by the batch are
-//! flushed once (group commit) and publisher confirms for the whole batch are sent.
+//! flushed once. A batch's publisher confirms are sent once its logs' fsyncs (quorum queues)
+//! have completed; the reader does not wait for them but goes on reading and appending, so
+//! that several batches' fsyncs are in flight at once and share the sync thread's rounds.
+//! Batches complete in order, so confirms keep their delivery-tag order.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::protocol::{channel, connection, parse_class, AMQPClass};
+use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
@@ -26,11 +33,33 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the writer may take to drain after the connection ends.
 const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Batches whose fsyncs may be in flight at once. Beyond this the reader waits for the oldest,
+/// which bounds the memory held by pending confirms of a publisher that never waits for them.
+const MAX_INFLIGHT_BATCHES: usize = 64;
+
 /// A confirm to send at the end of the batch.
 pub(super) struct PendingConfirm {
     pub channel: u16,
     pub seq: u64,
     pub ack: bool,
+    /// The batch's touched logs the message was written to (see [`touched_bit`]): a failed
+    /// flush or fsync of one of them turns this confirm into a nack, of another log does not.
+    pub logs: u64,
+}
+
+/// The bit of a log by its index in `Connection::touched`. Indexes past 63 share the last
+/// bit, so a failure there nacks every message that went to any of them (never too few).
+pub(super) fn touched_bit(index: usize) -> u64 {
+    1 << index.min(63)
+}
+
+/// Resolves to the `touched_bit`s of the batch's logs whose fsync failed.
+type SyncFuture = Pin<Box<dyn Future<Output = u64> + Send>>;
+
+/// A batch whose logs are flushed and whose confirms wait for their fsyncs.
+struct InflightBatch {
+    synced: SyncFuture,
+    confirms: Vec<PendingConfirm>,
 }
 
 pub(super) struct Connection {
@@ -44,11 +73,24 @@ pub(super) struct Connection {
     /// Queues whose logs got appends or acks in this batch.
     pub touched: Vec<Arc<Queue>>,
     pub confirms: Vec<PendingConfirm>,
+    /// Ended batches waiting for their fsyncs, oldest first. Confirms are only ever sent from
+    /// the front, so they leave in the order the publishes arrived.
+    inflight: VecDeque<InflightBatch>,
     /// Set once a publish arrives; blocked connections stop being read while an alarm is on.
     pub has_published: bool,
     blocked_sent: bool,
     /// Set when the connection is done (close handshake finished or error sent).
     pub closing: bool,
+}
+
+/// What woke the reader while it waited.
+enum Event {
+    /// `fill`'s result; `None` when the heartbeat timeout passed first.
+    Read(Option<std::io::Result<usize>>),
+    Control(Option<ConnControl>),
+    Shutdown,
+    /// The oldest in-flight batch's fsyncs completed, with these logs failed.
+    Synced(u64),
 }
 
 /// Why the main loop ended.
@@ -130,6 +172,7 @@ pub async fn serve<S>(
         channels: (0..channel_slots).map(|_| None).collect(),
         touched: Vec::new(),
         confirms: Vec::new(),
+        inflight: VecDeque::new(),
         has_published: false,
         blocked_sent: false,
         closing: false,
@@ -231,12 +274,13 @@ impl Connection {
                     }
                 }
             }
-            self.end_batch().await;
+            self.submit_batch();
 
-            let paused = held.is_some();
+            let paused = held.is_some() || self.inflight.len() >= MAX_INFLIGHT_BATCHES;
             let read = async {
                 if paused {
-                    // Not read while blocked (RabbitMQ also stops heartbeat checks then).
+                    // Not read while blocked (RabbitMQ also stops heartbeat checks then), nor
+                    // while too many batches wait for their fsyncs (that wait is short).
                     std::future::pending::<()>().await;
                 }
                 if heartbeat == 0 {
@@ -248,25 +292,40 @@ impl Connection {
                         .ok()
                 }
             };
-            tokio::select! {
-                r = read => match r {
-                    None => {
-                        tracing::info!(conn = self.id, "missed heartbeats from client, closing");
-                        return End::Done;
-                    }
-                    Some(Ok(0)) | Some(Err(_)) => return End::Done,
-                    Some(Ok(_)) => {}
-                },
-                c = control.recv() => match c {
-                    Some(ConnControl::ForceClose(err)) => return End::Error(err),
-                    Some(ConnControl::AlarmChanged) => self.on_alarm_change(),
-                    None => {}
-                },
-                _ = shutdown.changed() => {
+            let inflight = &mut self.inflight;
+            let synced = async {
+                match inflight.front_mut() {
+                    Some(batch) => (&mut batch.synced).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                r = read => Event::Read(r),
+                c = control.recv() => Event::Control(c),
+                _ = shutdown.changed() => Event::Shutdown,
+                failed = synced => Event::Synced(failed),
+            };
+            match event {
+                Event::Read(None) => {
+                    tracing::info!(conn = self.id, "missed heartbeats from client, closing");
+                    return End::Done;
+                }
+                Event::Read(Some(Ok(0)) | Some(Err(_))) => return End::Done,
+                Event::Read(Some(Ok(_))) => {}
+                Event::Control(Some(ConnControl::ForceClose(err))) => {
+                    // Confirms already earned go out before connection.close.
+                    self.drain_inflight().await;
+                    return End::Error(err);
+                }
+                Event::Control(Some(ConnControl::AlarmChanged)) => self.on_alarm_change(),
+                Event::Control(None) => {}
+                Event::Shutdown => {
+                    self.drain_inflight().await;
                     return End::Error(AmqpError::connection_forced(
                         "broker forced connection closure with reason 'shutdown'",
                     ));
                 }
+                Event::Synced(failed) => self.confirm_synced(failed),
             }
         }
     }
@@ -316,6 +375,9 @@ impl Connection {
                     )));
                 }
                 let Some(mut ch) = self.channels[id].take() else {
+                    // A reopened channel number starts its confirm tags afresh: the previous
+                    // channel's confirms must be out first (a rare path, so wait for all).
+                    self.drain_inflight().await;
                     return self.unopened_channel_frame(f);
                 };
                 let r = self.channel_frame(&mut ch, f).await;
@@ -377,34 +439,98 @@ impl Connection {
         }
     }
 
-    /// Flushes the logs the batch touched (one write, or one shared fsync for quorum queues),
-    /// then sends the batch's confirms.
+    /// Ends the batch and waits until every confirm so far is sent: for channel and
+    /// connection close, tx.commit and cleanup, whose answers must follow them.
     pub(super) async fn end_batch(&mut self) {
+        self.submit_batch();
+        self.drain_inflight().await;
+    }
+
+    /// Flushes the logs the batch touched (one write each; quorum queues' fsyncs are requested
+    /// from the sync thread) and queues the batch's confirms behind their fsyncs. Confirms that
+    /// need no fsync and have no earlier batch to wait for are sent at once.
+    fn submit_batch(&mut self) {
         if self.touched.is_empty() && self.confirms.is_empty() {
             return;
         }
-        let mut failed = false;
+        let mut failed = 0u64;
         let mut waiters = Vec::new();
-        for q in self.touched.drain(..) {
+        for (i, q) in self.touched.drain(..).enumerate() {
             match q.flush() {
-                Ok(Some(w)) => waiters.push(w),
+                Ok(Some(w)) => waiters.push((touched_bit(i), q, w)),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(queue = %q.name, error = %e, "flushing queue log failed");
-                    failed = true;
+                    failed |= touched_bit(i);
                 }
             }
         }
-        for w in waiters {
-            if let Err(e) = w.wait().await {
-                tracing::error!(error = %e, "fsync failed");
-                failed = true;
+        let confirms = std::mem::take(&mut self.confirms);
+        let mut synced: SyncFuture = Box::pin(async move {
+            for (bit, q, w) in waiters {
+                if let Err(e) = w.wait().await {
+                    if q.is_deleted() {
+                        // Deleting the queue removed its log under the pending fsync. Its
+                        // messages are gone by the client's own request, nothing is left to
+                        // make durable, so they are confirmed, as RabbitMQ confirms messages
+                        // whose queue was deleted before they were settled.
+                        tracing::debug!(queue = %q.name, error = %e, "fsync of a deleted queue's log failed");
+                    } else {
+                        tracing::error!(queue = %q.name, error = %e, "fsync failed");
+                        failed |= bit;
+                    }
+                }
+            }
+            failed
+        });
+        if self.inflight.is_empty() {
+            // Classic queues' waiters are already resolved: no need to queue anything.
+            if let Some(failed) = (&mut synced).now_or_never() {
+                let mut confirms = confirms;
+                resolve(&mut confirms, failed);
+                self.send_confirms(confirms);
+                return;
             }
         }
-        if self.confirms.is_empty() {
+        self.inflight.push_back(InflightBatch { synced, confirms });
+    }
+
+    /// The oldest in-flight batch is synced: sends its confirms, together with those of the
+    /// batches after it that the same fsync round completed (so runs can share one `multiple`).
+    fn confirm_synced(&mut self, failed: u64) {
+        let Some(batch) = self.inflight.pop_front() else {
+            return;
+        };
+        let mut confirms = batch.confirms;
+        resolve(&mut confirms, failed);
+        while let Some(next) = self.inflight.front_mut() {
+            let Some(failed) = (&mut next.synced).now_or_never() else {
+                break;
+            };
+            if let Some(mut next) = self.inflight.pop_front() {
+                resolve(&mut next.confirms, failed);
+                confirms.append(&mut next.confirms);
+            }
+        }
+        self.send_confirms(confirms);
+    }
+
+    /// Waits for every in-flight batch and sends its confirms, in order.
+    async fn drain_inflight(&mut self) {
+        let mut confirms = Vec::new();
+        while let Some(mut batch) = self.inflight.pop_front() {
+            let failed = batch.synced.await;
+            resolve(&mut batch.confirms, failed);
+            confirms.append(&mut batch.confirms);
+        }
+        self.send_confirms(confirms);
+    }
+
+    /// Sends resolved confirms, which must follow every earlier confirm of the connection.
+    fn send_confirms(&self, confirms: Vec<PendingConfirm>) {
+        if confirms.is_empty() {
             return;
         }
-        let confirms = std::mem::take(&mut self.confirms);
         Stats::inc(&self.broker.stats.confirmed, confirms.len() as u64);
         self.link.send(|out| {
             // Runs of acks on a channel collapse into one ack with multiple=true: every earlier
@@ -412,9 +538,8 @@ impl Connection {
             let mut i = 0;
             while i < confirms.len() {
                 let c = &confirms[i];
-                let ack = c.ack && !failed;
                 let mut j = i;
-                if ack {
+                if c.ack {
                     while j + 1 < confirms.len()
                         && confirms[j + 1].channel == c.channel
                         && confirms[j + 1].ack
@@ -423,7 +548,7 @@ impl Connection {
                         j += 1;
                     }
                 }
-                frame::write_confirm(out, c.channel, confirms[j].seq, j > i, ack);
+                frame::write_confirm(out, c.channel, confirms[j].seq, j > i, c.ack);
                 i = j + 1;
             }
         });
@@ -439,6 +564,18 @@ impl Connection {
         }
         self.end_batch().await;
         self.broker.drop_exclusive_queues(self.id);
+    }
+}
+
+/// Turns into nacks the confirms of messages written to a log whose flush or fsync failed.
+fn resolve(confirms: &mut [PendingConfirm], failed: u64) {
+    if failed == 0 {
+        return;
+    }
+    for c in confirms {
+        if c.logs & failed != 0 {
+            c.ack = false;
+        }
     }
 }
 
@@ -502,4 +639,42 @@ fn known_method(class: u16, method: u16) -> bool {
         _ => &[],
     };
     methods.contains(&method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn confirm(seq: u64, ack: bool, logs: u64) -> PendingConfirm {
+        PendingConfirm {
+            channel: 1,
+            seq,
+            ack,
+            logs,
+        }
+    }
+
+    #[test]
+    fn a_failed_log_nacks_only_the_messages_written_to_it() {
+        let mut confirms = vec![
+            confirm(1, true, touched_bit(0)),
+            confirm(2, true, touched_bit(1)),
+            confirm(3, true, touched_bit(0) | touched_bit(1)),
+            confirm(4, true, 0),
+            confirm(5, false, 0),
+            confirm(6, true, touched_bit(70)),
+        ];
+        resolve(&mut confirms, touched_bit(1) | touched_bit(64));
+        let acks: Vec<bool> = confirms.iter().map(|c| c.ack).collect();
+        // Indexes past 63 share a bit: a failure there nacks all of their messages.
+        assert_eq!(acks, [true, false, false, true, false, false]);
+    }
+
+    #[test]
+    fn nothing_failed_changes_nothing() {
+        let mut confirms = vec![confirm(1, true, u64::MAX), confirm(2, false, 1)];
+        resolve(&mut confirms, 0);
+        assert!(confirms[0].ack);
+        assert!(!confirms[1].ack);
+    }
 }
