@@ -34,8 +34,14 @@ const MAX_BODY_BYTES: usize = 8 << 20;
 /// The SigV4 service name of the Amazon MQ API.
 const SERVICE: &str = "mq";
 
+/// Whether a request is for the IAM/STS Query endpoint (`POST /`) rather than the
+/// Amazon MQ REST-JSON routes: the two differ in signing service and error shapes.
+fn is_query_api(parts: &axum::http::request::Parts) -> bool {
+    parts.method == Method::POST && parts.uri.path() == "/"
+}
+
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => {
@@ -46,20 +52,36 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
             .into_response()
         }
     };
+    let query_api = is_query_api(&parts);
+    let protocol = if query_api {
+        Protocol::Query
+    } else {
+        Protocol::RestJson
+    };
 
-    let caller = match verify(&state, &parts, &body).await {
+    let caller = match verify(&state, &parts, &body, query_api).await {
         Ok(caller) => caller,
         Err(Refusal::Auth(e)) => {
-            tracing::info!(code = e.code(Protocol::RestJson), reason = %e, "request refused: authentication");
-            return auth_error_response(&e);
+            tracing::info!(code = e.code(protocol), reason = %e, "request refused: authentication");
+            return if query_api {
+                super::iam::error_response(
+                    StatusCode::from_u16(e.http_status(protocol)).unwrap_or(StatusCode::FORBIDDEN),
+                    e.code(protocol),
+                    &e.message(),
+                )
+            } else {
+                auth_error_response(&e)
+            };
         }
         Err(Refusal::Api(e)) => return e.into_response(),
     };
 
-    if let Err(e) = authorize(&state, &parts, &body, &caller).await {
+    if query_api {
+        // IAM actions depend on the form body: the handler authorizes them.
+        parts.extensions.insert(std::sync::Arc::new(caller));
+    } else if let Err(e) = authorize(&state, &parts, &body, &caller).await {
         return e.into_response();
     }
-
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
@@ -68,15 +90,37 @@ enum Refusal {
     Api(ApiError),
 }
 
-struct VerifiedCaller {
-    user: crate::store::IamEntityRecord,
-    policies: Vec<Policy>,
+/// Who signed a request that verified, with the identity policies that apply to them.
+#[derive(Debug)]
+pub struct VerifiedCaller {
+    pub user: crate::store::IamEntityRecord,
+    pub policies: Vec<Policy>,
+}
+
+impl VerifiedCaller {
+    /// Evaluates the caller's policies for `action` on `resource`; the context holds
+    /// the principal's keys and the time, and `extend` adds request-specific keys.
+    pub fn decide(
+        &self,
+        action: &str,
+        resource: &str,
+        extend: impl FnOnce(&mut RequestContext),
+    ) -> Decision<'_> {
+        let mut ctx = RequestContext::new(action, resource);
+        ctx.set_current_time(Utc::now())
+            .set_secure_transport(false)
+            .set_principal(Some(&self.user.name), &self.user.id, &self.user.arn);
+        extend(&mut ctx);
+        let policies: Vec<&Policy> = self.policies.iter().collect();
+        evaluate(&policies, &ctx)
+    }
 }
 
 async fn verify(
     state: &AppState,
     parts: &axum::http::request::Parts,
     body: &[u8],
+    query_api: bool,
 ) -> Result<VerifiedCaller, Refusal> {
     let headers = header_pairs(&parts.headers, parts.uri.authority().map(|a| a.as_str()));
     let request = RequestParts {
@@ -95,7 +139,12 @@ async fn verify(
                 return Err(Refusal::Api(ApiError::internal(anyhow::Error::new(e))))
             }
         };
-    let config = VerifyConfig::new(state.config.region.clone(), &[SERVICE]);
+    let services: &[&str] = if query_api {
+        &["iam", "sts"]
+    } else {
+        &[SERVICE]
+    };
+    let config = VerifyConfig::new(state.config.region.clone(), services);
     let credential = caller.as_ref().map(|c| &c.credential);
     verify_parsed(&request, &signed, credential, &config, Utc::now()).map_err(Refusal::Auth)?;
     let caller = caller.ok_or(Refusal::Auth(AuthError::UnrecognizedClient))?;
@@ -273,23 +322,23 @@ async fn authorize(
     };
     let (arn, resource_tags) = resource(state, op, &route, parts.uri.path()).await?;
 
-    let mut ctx = RequestContext::new(op.action(), &arn);
-    ctx.set_current_time(Utc::now())
-        .set_secure_transport(false)
-        .set_principal(Some(&caller.user.name), &caller.user.id, &caller.user.arn);
-    if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        ctx.set_source_ip(addr.ip());
-    }
-    for (key, value) in &resource_tags {
-        ctx.set_resource_tag(key, value);
-    }
-    if op.takes_request_tags() {
-        for (key, value) in &request_tags(body) {
-            ctx.set_request_tag(key, value);
+    let source = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let decision = caller.decide(op.action(), &arn, |ctx| {
+        if let Some(ip) = source {
+            ctx.set_source_ip(ip);
         }
-    }
-    let policies: Vec<&Policy> = caller.policies.iter().collect();
-    let decision = evaluate(&policies, &ctx);
+        for (key, value) in &resource_tags {
+            ctx.set_resource_tag(key, value);
+        }
+        if op.takes_request_tags() {
+            for (key, value) in &request_tags(body) {
+                ctx.set_request_tag(key, value);
+            }
+        }
+    });
     tracing::debug!(principal = %caller.user.arn, action = op.action(), resource = %arn, decision = decision.as_str(), "authorization");
     match decision {
         Decision::Allow(_) => Ok(()),

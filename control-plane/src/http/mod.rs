@@ -10,6 +10,7 @@ mod brokers;
 mod catalog;
 mod configurations;
 mod extract;
+mod iam;
 mod observe;
 pub mod openapi;
 mod ops;
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
                 .get(tags::list_tags)
                 .delete(tags::delete_tags),
         )
+        .route("/", post(iam::query))
         .route("/v1/broker-engine-types", get(catalog::engine_types))
         .route(
             "/v1/broker-instance-options",

@@ -142,6 +142,21 @@ impl Store {
         }))
     }
 
+    /// Every user, group or role of an account, by name.
+    pub async fn iam_entity_list(
+        &self,
+        kind: PrincipalKind,
+        account_id: &str,
+    ) -> Result<Vec<IamEntityRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTITY_COLUMNS} FROM {} WHERE account_id = $1 ORDER BY name",
+            entity_table(kind)
+        );
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(account_id).fetch_all(pool).await?
+        }))
+    }
+
     pub async fn iam_group_add_user(
         &self,
         group_id: &str,

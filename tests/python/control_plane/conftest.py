@@ -171,15 +171,15 @@ class Aws:
         out = json.loads(done.stdout) if done.stdout.strip() else None
         return done.returncode, out, done.stderr
 
-    def ok(self, *args):
-        code, out, err = self.run(*args)
-        assert code == 0, f"aws mq {' '.join(args)} failed ({code}): {err}"
+    def ok(self, *args, service="mq"):
+        code, out, err = self.run(*args, service=service)
+        assert code == 0, f"aws {service} {' '.join(args)} failed ({code}): {err}"
         return out
 
-    def fails(self, error_name, *args):
+    def fails(self, error_name, *args, service="mq"):
         """Asserts the CLI reports `error_name` as it does for AWS; returns its message."""
-        code, out, err = self.run(*args)
-        assert code != 0, f"aws mq {' '.join(args)} unexpectedly succeeded: {out}"
+        code, out, err = self.run(*args, service=service)
+        assert code != 0, f"aws {service} {' '.join(args)} unexpectedly succeeded: {out}"
         assert f"An error occurred ({error_name})" in err, err
         return err
 

@@ -1,0 +1,104 @@
+"""The IAM Query API subset with the real `aws iam` and `aws sts`, and issue 4's end to
+end case: a user allowed Describe*/List*/DeleteBroker except on brokers tagged
+env=prod is refused deleting a prod broker and deletes a dev one."""
+
+import json
+import uuid
+
+from conftest import Aws
+from test_aws_cli import create_broker
+
+OPERATOR_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["mq:Describe*", "mq:List*", "mq:DeleteBroker"], "Resource": "*"},
+        {
+            "Effect": "Deny",
+            "Action": "mq:DeleteBroker",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:ResourceTag/env": "prod"}},
+        },
+    ],
+}
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def as_user(control_plane, tmp_path, key):
+    path = tmp_path / "user-credentials"
+    path.write_text(
+        f"[default]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
+    )
+    return Aws(control_plane.endpoint, tmp_path, path)
+
+
+def test_users_keys_and_inline_policies(aws, control_plane, tmp_path):
+    name = unique("ops")
+    created = aws.ok("create-user", "--user-name", name, service="iam")["User"]
+    assert created["UserName"] == name and created["Arn"].endswith(f":user/{name}")
+    assert aws.ok("get-user", "--user-name", name, service="iam")["User"]["UserId"] == created["UserId"]
+    assert name in [u["UserName"] for u in aws.ok("list-users", service="iam")["Users"]]
+    aws.fails("EntityAlreadyExists", "create-user", "--user-name", name, service="iam")
+    aws.fails("NoSuchEntity", "get-user", "--user-name", "nobody-here", service="iam")
+
+    first = aws.ok("create-access-key", "--user-name", name, service="iam")["AccessKey"]
+    second = aws.ok("create-access-key", "--user-name", name, service="iam")["AccessKey"]
+    aws.fails("LimitExceeded", "create-access-key", "--user-name", name, service="iam")
+    listed = aws.ok("list-access-keys", "--user-name", name, service="iam")["AccessKeyMetadata"]
+    assert {k["AccessKeyId"] for k in listed} == {first["AccessKeyId"], second["AccessKeyId"]}
+    assert all("SecretAccessKey" not in k for k in listed)
+
+    message = aws.fails(
+        "MalformedPolicyDocument",
+        "put-user-policy", "--user-name", name, "--policy-name", "bad",
+        "--policy-document", '{"Version": "2012-10-17", "Statement": [{"Effect": "Perhaps"}]}',
+        service="iam",
+    )
+    assert "Perhaps" in message or "Effect" in message, message
+
+    # A user without policies is authenticated but may do nothing.
+    user = as_user(control_plane, tmp_path, first)
+    assert user.ok("get-caller-identity", service="sts")["Arn"] == created["Arn"]
+    user.fails("ForbiddenException", "list-brokers")
+    user.fails("AccessDenied", "create-user", "--user-name", unique("x"), service="iam")
+
+    aws.ok("delete-access-key", "--user-name", name, "--access-key-id", first["AccessKeyId"], service="iam")
+    user.fails("UnrecognizedClientException", "list-brokers")
+    aws.fails(
+        "NoSuchEntity", "delete-access-key", "--user-name", name, "--access-key-id", first["AccessKeyId"], service="iam"
+    )
+
+
+def test_delete_is_denied_on_prod_and_allowed_on_dev(aws, control_plane, tmp_path):
+    prod = create_broker(aws, unique("prod"), "--tags", "env=prod")["BrokerId"]
+    dev = create_broker(aws, unique("dev"), "--tags", "env=dev")["BrokerId"]
+
+    name = unique("operator")
+    aws.ok("create-user", "--user-name", name, service="iam")
+    aws.ok(
+        "put-user-policy", "--user-name", name, "--policy-name", "operator",
+        "--policy-document", json.dumps(OPERATOR_POLICY),
+        service="iam",
+    )
+    key = aws.ok("create-access-key", "--user-name", name, service="iam")["AccessKey"]
+    operator = as_user(control_plane, tmp_path, key)
+
+    assert prod in [b["BrokerId"] for b in operator.ok("list-brokers")["BrokerSummaries"]]
+    message = operator.fails("ForbiddenException", "delete-broker", "--broker-id", prod)
+    assert "mq:DeleteBroker" in message and "explicit deny" in message, message
+    operator.ok("describe-broker", "--broker-id", prod)
+    operator.ok("delete-broker", "--broker-id", dev)
+    operator.fails("ForbiddenException", "reboot-broker", "--broker-id", dev)
+
+
+def test_query_endpoint_errors_are_iam_xml(control_plane):
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    body = "Action=ListUsers&Version=2010-05-08"
+    status, _, text = control_plane.http("POST", "/", body, signed=False, headers=form)
+    assert status == 403 and "<Code>MissingAuthenticationToken</Code>" in text, text
+    # Signed for Amazon MQ (service `mq`), not for IAM.
+    status, _, text = control_plane.http("POST", "/", body, headers=form)
+    assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in text, text
+    assert "Credential should be scoped to correct service: &apos;iam&apos;." in text, text
