@@ -198,3 +198,11 @@ def control_plane(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aws(control_plane, tmp_path_factory):
     return Aws(control_plane.endpoint, tmp_path_factory.mktemp("aws-home"), control_plane.credentials_file)
+
+
+@pytest.fixture
+def control_plane_kit():
+    """The helper classes, for tests that start their own control plane. A fixture rather
+    than an import: pytest loads every conftest.py under the one module name `conftest`,
+    so `from conftest import ...` finds whichever suite's conftest was loaded first."""
+    return Aws, ControlPlane, poll

@@ -238,10 +238,10 @@ def test_health_and_metrics(control_plane):
     assert "mooring_brokers{state=" in text
 
 
-def test_reboot_applies_pending_changes_on_a_running_broker(tmp_path):
+def test_reboot_applies_pending_changes_on_a_running_broker(tmp_path, control_plane_kit):
     """With real agents: the broker reaches RUNNING, a reboot applies the pending
     instance type, and deletion ends in NotFoundException."""
-    from conftest import Aws, ControlPlane, poll
+    Aws, ControlPlane, poll = control_plane_kit
 
     cp = ControlPlane(tmp_path / "cp")
     try:
