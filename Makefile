@@ -30,6 +30,9 @@ build: ## build every binary (debug)
 	cargo build --workspace --bins
 
 run: build ## start the control plane on its embedded default (SQLite, local provider)
+	@echo "mooring: API on http://127.0.0.1:7878; once started, point the AWS CLI at it with"
+	@echo "  export AWS_SHARED_CREDENTIALS_FILE=$(CURDIR)/.mooring/credentials AWS_DEFAULT_REGION=us-east-1"
+	@echo "  aws mq list-brokers --endpoint-url http://127.0.0.1:7878"
 	$(BIN)/mooring serve
 
 test: deps venv build ## run the whole test suite (Rust and Python, real peers)
