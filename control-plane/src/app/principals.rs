@@ -119,17 +119,55 @@ pub async fn user_create(
     account_id: &str,
     name: &str,
 ) -> Result<IamEntityRecord, StoreError> {
+    entity_create(store, PrincipalKind::User, partition, account_id, name).await
+}
+
+/// Creates an IAM user or group; `Constraint::IamEntityName` when taken.
+pub async fn entity_create(
+    store: &Store,
+    kind: PrincipalKind,
+    partition: &str,
+    account_id: &str,
+    name: &str,
+) -> Result<IamEntityRecord, StoreError> {
+    let (id_prefix, arn_kind) = match kind {
+        PrincipalKind::User => ("AIDA", "user"),
+        PrincipalKind::Group => ("AGPA", "group"),
+        PrincipalKind::Role => ("AROA", "role"),
+    };
     store.iam_account_ensure(account_id).await?;
-    let user = IamEntityRecord {
-        id: keys::new_entity_id("AIDA"),
+    let entity = IamEntityRecord {
+        id: keys::new_entity_id(id_prefix),
         account_id: account_id.to_owned(),
         name: name.to_owned(),
         path: "/".to_owned(),
-        arn: iam_arn(partition, account_id, "user", "/", name),
+        arn: iam_arn(partition, account_id, arn_kind, "/", name),
         created_at: Utc::now(),
     };
-    store.iam_entity_insert(PrincipalKind::User, &user).await?;
-    Ok(user)
+    store.iam_entity_insert(kind, &entity).await?;
+    Ok(entity)
+}
+
+/// Creates a customer-managed policy; `Constraint::IamEntityName` when taken. The
+/// document must have been validated by the caller.
+pub async fn managed_policy_create(
+    store: &Store,
+    partition: &str,
+    account_id: &str,
+    name: &str,
+    document: &str,
+) -> Result<IamEntityRecord, StoreError> {
+    store.iam_account_ensure(account_id).await?;
+    let policy = IamEntityRecord {
+        id: keys::new_entity_id("ANPA"),
+        account_id: account_id.to_owned(),
+        name: name.to_owned(),
+        path: "/".to_owned(),
+        arn: iam_arn(partition, account_id, "policy", "/", name),
+        created_at: Utc::now(),
+    };
+    store.managed_policy_insert(&policy, document).await?;
+    Ok(policy)
 }
 
 /// On first start, creates the root account's admin user with full access and

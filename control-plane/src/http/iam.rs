@@ -132,6 +132,27 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str,
         .ok_or_else(|| IamError::missing(name))
 }
 
+/// Refuses a policy document that cannot be evaluated, as IAM does at write time.
+fn validate(document: &str) -> Result<(), IamError> {
+    Policy::parse(document)
+        .map(|_| ())
+        .map_err(|e: PolicyError| {
+            IamError(StatusCode::BAD_REQUEST, PolicyError::CODE, e.to_string())
+        })
+}
+
+/// A taken name is EntityAlreadyExists; anything else is the store's failure.
+fn taken(e: StoreError, what: &str, name: &str) -> IamError {
+    match e {
+        StoreError::Constraint(Constraint::IamEntityName) => IamError(
+            StatusCode::CONFLICT,
+            "EntityAlreadyExists",
+            format!("{what} with name {name} already exists."),
+        ),
+        other => other.into(),
+    }
+}
+
 /// Refuses the action unless the caller's policies allow it on `resource`.
 fn authorize(caller: &VerifiedCaller, action: &str, resource: &str) -> Result<(), IamError> {
     let decision = caller.decide(action, resource, |_| {});
@@ -177,20 +198,31 @@ async fn dispatch(
             .ok_or_else(|| IamError::no_such_user(&name))
     };
 
+    let group_arn =
+        |name: &str| principals::iam_arn(&config.partition, account, "group", "/", name);
+    let find_group = |name: &str| {
+        let name = name.to_owned();
+        async move {
+            store
+                .iam_entity_get_by_name(PrincipalKind::Group, account, &name)
+                .await?
+                .ok_or_else(|| {
+                    IamError(
+                        StatusCode::NOT_FOUND,
+                        "NoSuchEntity",
+                        format!("The group with name {name} cannot be found."),
+                    )
+                })
+        }
+    };
+
     match action {
         "CreateUser" => {
             let name = target_user(true)?;
             authorize(caller, &iam_action, &user_arn(&name))?;
             let user = principals::user_create(store, &config.partition, account, &name)
                 .await
-                .map_err(|e| match e {
-                    StoreError::Constraint(Constraint::IamEntityName) => IamError(
-                        StatusCode::CONFLICT,
-                        "EntityAlreadyExists",
-                        format!("User with name {name} already exists."),
-                    ),
-                    other => other.into(),
-                })?;
+                .map_err(|e| taken(e, "User", &name))?;
             Ok(success(
                 action,
                 Some(format!("<User>{}</User>", user_xml(&user))),
@@ -293,13 +325,107 @@ async fn dispatch(
             let policy_name = param(params, "PolicyName")?;
             let document = param(params, "PolicyDocument")?;
             authorize(caller, &iam_action, &user_arn(&name))?;
-            Policy::parse(document).map_err(|e: PolicyError| {
-                IamError(StatusCode::BAD_REQUEST, PolicyError::CODE, e.to_string())
-            })?;
+            validate(document)?;
             let user = find_user(name).await?;
             store
                 .inline_policy_put(PrincipalKind::User, &user.id, policy_name, document)
                 .await?;
+            Ok(success(action, None))
+        }
+        "CreateGroup" => {
+            let name = param(params, "GroupName")?;
+            authorize(caller, &iam_action, &group_arn(name))?;
+            let group = principals::entity_create(
+                store,
+                PrincipalKind::Group,
+                &config.partition,
+                account,
+                name,
+            )
+            .await
+            .map_err(|e| taken(e, "Group", name))?;
+            Ok(success(
+                action,
+                Some(format!(
+                    "<Group><Path>{}</Path><GroupName>{}</GroupName><GroupId>{}</GroupId>                     <Arn>{}</Arn><CreateDate>{}</CreateDate></Group>",
+                    escape(&group.path),
+                    escape(&group.name),
+                    escape(&group.id),
+                    escape(&group.arn),
+                    date(group.created_at)
+                )),
+            ))
+        }
+        "AddUserToGroup" => {
+            let name = param(params, "GroupName")?;
+            authorize(caller, &iam_action, &group_arn(name))?;
+            let group = find_group(name).await?;
+            let user = find_user(target_user(true)?).await?;
+            store.iam_group_add_user(&group.id, &user.id).await?;
+            Ok(success(action, None))
+        }
+        "PutGroupPolicy" => {
+            let name = param(params, "GroupName")?;
+            let policy_name = param(params, "PolicyName")?;
+            let document = param(params, "PolicyDocument")?;
+            authorize(caller, &iam_action, &group_arn(name))?;
+            validate(document)?;
+            let group = find_group(name).await?;
+            store
+                .inline_policy_put(PrincipalKind::Group, &group.id, policy_name, document)
+                .await?;
+            Ok(success(action, None))
+        }
+        "CreatePolicy" => {
+            let name = param(params, "PolicyName")?;
+            let document = param(params, "PolicyDocument")?;
+            let arn = principals::iam_arn(&config.partition, account, "policy", "/", name);
+            authorize(caller, &iam_action, &arn)?;
+            validate(document)?;
+            let policy = principals::managed_policy_create(
+                store,
+                &config.partition,
+                account,
+                name,
+                document,
+            )
+            .await
+            .map_err(|e| taken(e, "Policy", name))?;
+            Ok(success(
+                action,
+                Some(format!(
+                    "<Policy><PolicyName>{}</PolicyName><PolicyId>{}</PolicyId><Arn>{}</Arn>                     <Path>{}</Path><DefaultVersionId>v1</DefaultVersionId>                     <AttachmentCount>0</AttachmentCount><IsAttachable>true</IsAttachable>                     <CreateDate>{}</CreateDate><UpdateDate>{}</UpdateDate></Policy>",
+                    escape(&policy.name),
+                    escape(&policy.id),
+                    escape(&policy.arn),
+                    escape(&policy.path),
+                    date(policy.created_at),
+                    date(policy.created_at)
+                )),
+            ))
+        }
+        "AttachUserPolicy" | "AttachGroupPolicy" => {
+            let policy_arn = param(params, "PolicyArn")?;
+            let (kind, principal_id) = if action == "AttachUserPolicy" {
+                let name = target_user(true)?;
+                authorize(caller, &iam_action, &user_arn(&name))?;
+                (PrincipalKind::User, find_user(name).await?.id)
+            } else {
+                let name = param(params, "GroupName")?;
+                authorize(caller, &iam_action, &group_arn(name))?;
+                (PrincipalKind::Group, find_group(name).await?.id)
+            };
+            store
+                .policy_attach(kind, &principal_id, policy_arn)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound(_) => IamError(
+                        StatusCode::NOT_FOUND,
+                        "NoSuchEntity",
+                        format!("Policy {policy_arn} does not exist or is not attachable."),
+                    ),
+                    other => other.into(),
+                })?;
             Ok(success(action, None))
         }
         // STS: needs no permission, as in AWS.

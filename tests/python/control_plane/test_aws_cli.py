@@ -89,7 +89,10 @@ def test_list_brokers_pages_through_more_than_25(aws, control_plane):
         token = page.get("NextToken")
         if not token:
             break
-    assert sorted(seen) == sorted(listed)
+    # Brokers deleted by earlier tests of this module may finish deleting between the
+    # two listings, so compare on this test's brokers only.
+    assert len(seen) == len(set(seen)), "no broker twice"
+    assert ids <= set(seen)
 
     one_page = aws.ok("list-brokers", "--no-paginate", "--max-results", "5")
     assert len(one_page["BrokerSummaries"]) == 5 and one_page["NextToken"]

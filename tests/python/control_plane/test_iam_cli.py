@@ -102,3 +102,38 @@ def test_query_endpoint_errors_are_iam_xml(control_plane):
     status, _, text = control_plane.http("POST", "/", body, headers=form)
     assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in text, text
     assert "Credential should be scoped to correct service: &apos;iam&apos;." in text, text
+
+
+def test_groups_and_managed_policies_grant_to_members(aws, control_plane, tmp_path):
+    user, group, policy_name = unique("member"), unique("readers"), unique("list-brokers")
+    aws.ok("create-user", "--user-name", user, service="iam")
+    key = aws.ok("create-access-key", "--user-name", user, service="iam")["AccessKey"]
+    member = as_user(control_plane, tmp_path, key)
+    member.fails("ForbiddenException", "list-brokers")
+
+    assert aws.ok("create-group", "--group-name", group, service="iam")["Group"]["GroupName"] == group
+    aws.fails("EntityAlreadyExists", "create-group", "--group-name", group, service="iam")
+    document = json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "mq:ListBrokers", "Resource": "*"}]}
+    )
+    arn = aws.ok("create-policy", "--policy-name", policy_name, "--policy-document", document, service="iam")[
+        "Policy"
+    ]["Arn"]
+    aws.ok("attach-group-policy", "--group-name", group, "--policy-arn", arn, service="iam")
+    member.fails("ForbiddenException", "list-brokers")  # not a member yet
+    aws.ok("add-user-to-group", "--group-name", group, "--user-name", user, service="iam")
+    member.ok("list-brokers")
+    member.fails("ForbiddenException", "list-configurations")
+
+    # An inline group policy and a managed policy attached to the user add up.
+    aws.ok(
+        "put-group-policy", "--group-name", group, "--policy-name", "configs",
+        "--policy-document", document.replace("mq:ListBrokers", "mq:ListConfigurations"),
+        service="iam",
+    )
+    member.ok("list-configurations")
+    aws.fails(
+        "NoSuchEntity", "attach-user-policy", "--user-name", user,
+        "--policy-arn", arn + "-missing", service="iam",
+    )
+    aws.ok("attach-user-policy", "--user-name", user, "--policy-arn", arn, service="iam")
