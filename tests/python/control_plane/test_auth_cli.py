@@ -14,8 +14,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from conftest import Aws
-
 SIGNATURE_MISMATCH = "The request signature we calculated does not match the signature you provided."
 
 
@@ -68,7 +66,8 @@ def test_the_bootstrapped_credentials_work_with_the_cli(aws, control_plane):
     assert secret not in log
 
 
-def test_a_wrong_secret_is_an_invalid_signature(control_plane, tmp_path):
+def test_a_wrong_secret_is_an_invalid_signature(control_plane, tmp_path, control_plane_kit):
+    Aws = control_plane_kit[0]
     key_id, _ = control_plane.admin_credentials()
     wrong = tmp_path / "credentials"
     wrong.write_text(f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = not-the-secret\n")
@@ -77,7 +76,8 @@ def test_a_wrong_secret_is_an_invalid_signature(control_plane, tmp_path):
     assert SIGNATURE_MISMATCH in message
 
 
-def test_an_unknown_key_is_an_unrecognized_client(control_plane, tmp_path):
+def test_an_unknown_key_is_an_unrecognized_client(control_plane, tmp_path, control_plane_kit):
+    Aws = control_plane_kit[0]
     unknown = tmp_path / "credentials"
     unknown.write_text("[default]\naws_access_key_id = AKIAUNKNOWNUNKNOWN00\naws_secret_access_key = x\n")
     aws = Aws(control_plane.endpoint, tmp_path, unknown)

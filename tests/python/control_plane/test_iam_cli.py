@@ -5,8 +5,8 @@ env=prod is refused deleting a prod broker and deletes a dev one."""
 import json
 import uuid
 
-from conftest import Aws
-from test_aws_cli import create_broker
+import pytest
+
 
 OPERATOR_POLICY = {
     "Version": "2012-10-17",
@@ -26,7 +26,21 @@ def unique(prefix):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def as_user(control_plane, tmp_path, key):
+def create_broker(aws, name, *extra):
+    return aws.ok(
+        "create-broker", "--broker-name", name, "--deployment-mode", "SINGLE_INSTANCE",
+        "--engine-type", "RABBITMQ", "--host-instance-type", "mq.m5.large", "--no-publicly-accessible",
+        "--users", "Username=admin,Password=correct-horse-1", *extra,
+    )
+
+
+@pytest.fixture
+def as_user(control_plane, tmp_path, control_plane_kit):
+    """Returns a function giving an `Aws` that signs with an issued access key."""
+    return lambda key: _as_user(control_plane_kit[0], control_plane, tmp_path, key)
+
+
+def _as_user(Aws, control_plane, tmp_path, key):
     path = tmp_path / "user-credentials"
     path.write_text(
         f"[default]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
@@ -34,7 +48,7 @@ def as_user(control_plane, tmp_path, key):
     return Aws(control_plane.endpoint, tmp_path, path)
 
 
-def test_users_keys_and_inline_policies(aws, control_plane, tmp_path):
+def test_users_keys_and_inline_policies(aws, as_user):
     name = unique("ops")
     created = aws.ok("create-user", "--user-name", name, service="iam")["User"]
     assert created["UserName"] == name and created["Arn"].endswith(f":user/{name}")
@@ -59,7 +73,7 @@ def test_users_keys_and_inline_policies(aws, control_plane, tmp_path):
     assert "Perhaps" in message or "Effect" in message, message
 
     # A user without policies is authenticated but may do nothing.
-    user = as_user(control_plane, tmp_path, first)
+    user = as_user(first)
     assert user.ok("get-caller-identity", service="sts")["Arn"] == created["Arn"]
     user.fails("ForbiddenException", "list-brokers")
     user.fails("AccessDenied", "create-user", "--user-name", unique("x"), service="iam")
@@ -71,7 +85,7 @@ def test_users_keys_and_inline_policies(aws, control_plane, tmp_path):
     )
 
 
-def test_delete_is_denied_on_prod_and_allowed_on_dev(aws, control_plane, tmp_path):
+def test_delete_is_denied_on_prod_and_allowed_on_dev(aws, as_user):
     prod = create_broker(aws, unique("prod"), "--tags", "env=prod")["BrokerId"]
     dev = create_broker(aws, unique("dev"), "--tags", "env=dev")["BrokerId"]
 
@@ -83,7 +97,7 @@ def test_delete_is_denied_on_prod_and_allowed_on_dev(aws, control_plane, tmp_pat
         service="iam",
     )
     key = aws.ok("create-access-key", "--user-name", name, service="iam")["AccessKey"]
-    operator = as_user(control_plane, tmp_path, key)
+    operator = as_user(key)
 
     assert prod in [b["BrokerId"] for b in operator.ok("list-brokers")["BrokerSummaries"]]
     message = operator.fails("ForbiddenException", "delete-broker", "--broker-id", prod)
@@ -104,11 +118,11 @@ def test_query_endpoint_errors_are_iam_xml(control_plane):
     assert "Credential should be scoped to correct service: &apos;iam&apos;." in text, text
 
 
-def test_groups_and_managed_policies_grant_to_members(aws, control_plane, tmp_path):
+def test_groups_and_managed_policies_grant_to_members(aws, as_user):
     user, group, policy_name = unique("member"), unique("readers"), unique("list-brokers")
     aws.ok("create-user", "--user-name", user, service="iam")
     key = aws.ok("create-access-key", "--user-name", user, service="iam")["AccessKey"]
-    member = as_user(control_plane, tmp_path, key)
+    member = as_user(key)
     member.fails("ForbiddenException", "list-brokers")
 
     assert aws.ok("create-group", "--group-name", group, service="iam")["Group"]["GroupName"] == group
