@@ -58,7 +58,7 @@ def test_broker_create_describe_update_reboot_delete(aws):
     assert (code == 0 and d["BrokerState"] == "DELETION_IN_PROGRESS") or "NotFoundException" in err
 
 
-def test_list_brokers_pages_through_more_than_25(aws, control_plane):
+def test_list_brokers_pages_through_more_than_25(aws, control_plane, control_plane_kit):
     prefix = unique("page")
     ids = set()
     # Created over plain HTTP to keep the test quick (each CLI run costs about a second);
@@ -79,6 +79,17 @@ def test_list_brokers_pages_through_more_than_25(aws, control_plane):
     assert len(listed) == len(set(listed)), "no broker twice"
     assert ids <= set(listed)
 
+    # --max-items resumes by skipping what it already returned of a page: a broker of an
+    # earlier test that finishes deleting in between would shift the page. Wait for them.
+    poll = control_plane_kit[2]
+    poll(
+        lambda: all(
+            b["BrokerState"] != "DELETION_IN_PROGRESS" for b in aws.ok("list-brokers")["BrokerSummaries"]
+        ),
+        60,
+        "earlier deletions to finish",
+        interval=0.5,
+    )
     first = aws.ok("list-brokers", "--max-items", "10")
     assert len(first["BrokerSummaries"]) == 10
     seen = [b["BrokerId"] for b in first["BrokerSummaries"]]
@@ -89,8 +100,6 @@ def test_list_brokers_pages_through_more_than_25(aws, control_plane):
         token = page.get("NextToken")
         if not token:
             break
-    # Brokers deleted by earlier tests of this module may finish deleting between the
-    # two listings, so compare on this test's brokers only.
     assert len(seen) == len(set(seen)), "no broker twice"
     assert ids <= set(seen)
 
