@@ -15,8 +15,12 @@
 //! configuration older than the one it holds or equal in number but different in contents.
 
 mod password;
+pub mod replication;
 
 pub use password::{rabbit_password_hash, rabbit_password_verify};
+pub use replication::{
+    Epoch, FollowerProgress, LeaseGrant, Peer, ReplicationSpec, ReplicationStatus, Role,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -79,14 +83,24 @@ pub struct RegisterRequest {
     pub admin_addr: String,
     /// Generation of the configuration the agent restored from its data dir, 0 if none.
     pub applied_generation: Generation,
+    /// Address the replication listener is bound to (replicated brokers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_addr: Option<String>,
 }
 
 /// The control plane's answer to register and heartbeat: the generation the node should hold.
 /// When it is above the agent's applied generation the agent fetches the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredPointer {
     pub desired_generation: Generation,
+    /// Replicated brokers, to the leader of the current epoch only: its renewed lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseGrant>,
+    /// Replicated brokers: the in-sync set as recorded in the database (see
+    /// [`replication`] for how the leader uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_sync: Option<Vec<NodeId>>,
 }
 
 /// Periodic liveness and status report.
@@ -99,6 +113,9 @@ pub struct Heartbeat {
     /// The last configuration the agent refused, and why; cleared once one is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Rejection>,
+    /// Replicated brokers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStatus>,
 }
 
 /// What the engine reports about itself.
@@ -138,6 +155,9 @@ pub struct DesiredConfig {
     pub vhosts: Vec<String>,
     pub limits: Limits,
     pub engine: EngineSettings,
+    /// Replicated brokers only: role, epoch, leader and peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSpec>,
 }
 
 /// A broker user as the engine needs it.
@@ -199,6 +219,7 @@ mod tests {
                 ..Default::default()
             },
             rejected: None,
+            replication: None,
         };
         let json = serde_json::to_value(&hb).expect("serialisable");
         assert_eq!(json["appliedGeneration"], 3);

@@ -69,6 +69,7 @@ impl Sim {
             amqp_addr: "127.0.0.1:1".into(),
             admin_addr: "127.0.0.1:2".into(),
             applied_generation: applied,
+            replication_addr: None,
         };
         let mut desired: Option<DesiredPointer> = None;
         // Bounded only by the test, which aborts every agent at its end.
@@ -87,6 +88,7 @@ impl Sim {
                         ..Default::default()
                     },
                     rejected: None,
+                    replication: None,
                 };
                 let sent = http
                     .post(url("heartbeat"))
@@ -99,7 +101,7 @@ impl Sim {
             };
             if let Ok(resp) = answer {
                 if let Ok(pointer) = resp.json::<DesiredPointer>().await {
-                    desired = Some(pointer);
+                    desired = Some(pointer.clone());
                     if pointer.desired_generation > applied {
                         if let Some(config) = fetch_config(&http, &url("config"), &token).await {
                             applied = config.generation;

@@ -118,6 +118,7 @@ pub(crate) mod tests {
                 host_instance_type: "mq.m5.large".into(),
                 configuration: None,
             },
+            replication: None,
         }
     }
 

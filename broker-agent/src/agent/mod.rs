@@ -76,6 +76,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         amqp_addr: addrs.amqp.to_string(),
         admin_addr: addrs.admin.map(|a| a.to_string()).unwrap_or_default(),
         applied_generation: Default::default(),
+        replication_addr: None,
     };
     let interval = Duration::from_millis(args.heartbeat_interval_ms.max(10));
     let session = Session::new(client, node.clone(), ledger, held, register, interval);

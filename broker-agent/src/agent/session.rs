@@ -91,7 +91,7 @@ impl<N: Node> Session<N> {
             self.registered = true;
             pointer
         };
-        if self.should_fetch(desired) {
+        if self.should_fetch(&desired) {
             self.sync(desired.desired_generation).await?;
         }
         Ok(())
@@ -110,10 +110,11 @@ impl<N: Node> Session<N> {
             applied_generation: held_generation(self.held.as_ref()),
             engine: self.node.status(),
             rejected: self.rejected.clone(),
+            replication: None,
         }
     }
 
-    fn should_fetch(&self, desired: DesiredPointer) -> bool {
+    fn should_fetch(&self, desired: &DesiredPointer) -> bool {
         let want = desired.desired_generation;
         let held = held_generation(self.held.as_ref());
         if want < held {

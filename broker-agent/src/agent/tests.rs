@@ -43,6 +43,8 @@ async fn serve(cp: Shared) -> String {
                 cp.registers += 1;
                 Ok::<_, StatusCode>(Json(DesiredPointer {
                     desired_generation: cp.desired,
+                        lease: None,
+                        in_sync: None,
                 }))
             }),
         )
@@ -55,6 +57,8 @@ async fn serve(cp: Shared) -> String {
                     cp.heartbeats.push(hb);
                     Ok::<_, StatusCode>(Json(DesiredPointer {
                         desired_generation: cp.desired,
+                        lease: None,
+                        in_sync: None,
                     }))
                 },
             ),
@@ -118,6 +122,7 @@ fn session(base: &str, dir: &std::path::Path, token: &str, node: FakeNode) -> Se
         amqp_addr: "127.0.0.1:1".into(),
         admin_addr: "127.0.0.1:2".into(),
         applied_generation: Generation(0),
+        replication_addr: None,
     };
     Session::new(
         client,

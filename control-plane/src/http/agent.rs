@@ -117,6 +117,8 @@ async fn authenticate(
 fn pointer(auth: &NodeAuth) -> Json<DesiredPointer> {
     Json(DesiredPointer {
         desired_generation: Generation(u64::try_from(auth.desired_generation).unwrap_or(0)),
+        lease: None,
+        in_sync: None,
     })
 }
 

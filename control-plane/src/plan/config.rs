@@ -47,6 +47,8 @@ pub fn desired_config(
             host_instance_type: broker.host_instance_type.clone(),
             configuration: configuration_data,
         },
+        // Filled by the replication planner for replicated brokers (issue 5).
+        replication: None,
     }
 }
 
