@@ -90,7 +90,7 @@ pub struct RegisterRequest {
 
 /// The control plane's answer to register and heartbeat: the generation the node should hold.
 /// When it is above the agent's applied generation the agent fetches the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredPointer {
     pub desired_generation: Generation,
@@ -101,6 +101,15 @@ pub struct DesiredPointer {
     /// [`replication`] for how the leader uses it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_sync: Option<Vec<NodeId>>,
+    /// Planned switchover, to the leader of the current epoch only: stop confirming new
+    /// publishes, let the followers catch up with what was written, then report
+    /// `lease_released: true` with the final `position` in the next heartbeats. No lease is
+    /// granted meanwhile, so an agent that ignores this simply lets its lease run out (the
+    /// control plane then promotes after expiry, as for a failover). The control plane
+    /// promotes the chosen follower under a new epoch once it has caught up with that final
+    /// position (or after a bounded wait).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release_lease: bool,
 }
 
 /// Periodic liveness and status report.

@@ -45,6 +45,7 @@ async fn serve(cp: Shared) -> String {
                     desired_generation: cp.desired,
                         lease: None,
                         in_sync: None,
+                        release_lease: false,
                 }))
             }),
         )
@@ -59,6 +60,7 @@ async fn serve(cp: Shared) -> String {
                         desired_generation: cp.desired,
                         lease: None,
                         in_sync: None,
+                        release_lease: false,
                     }))
                 },
             ),

@@ -119,6 +119,7 @@ fn pointer(auth: &NodeAuth) -> Json<DesiredPointer> {
         desired_generation: Generation(u64::try_from(auth.desired_generation).unwrap_or(0)),
         lease: None,
         in_sync: None,
+        release_lease: false,
     })
 }
 
