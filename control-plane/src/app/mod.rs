@@ -13,6 +13,7 @@ pub mod configurations;
 pub mod paging;
 pub mod password;
 pub mod principals;
+pub mod sessions;
 pub mod tags;
 pub mod users;
 pub mod validate;

@@ -236,9 +236,31 @@ pub async fn bootstrap(
 #[derive(Debug)]
 pub struct Caller {
     pub credential: Credential,
+    /// The identity requests act as: the user, or for an assumed role a record
+    /// whose `arn` is the `assumed-role/<role>/<session>` ARN and `id` is
+    /// `<role id>:<session>` (what GetCallerIdentity reports).
     pub user: IamEntityRecord,
+    /// The identity policies of the user (with its groups') or of the role.
     pub policies: Vec<Policy>,
+    /// The user's or role's tags, for `aws:PrincipalTag/*`.
+    pub tags: Vec<(String, String)>,
+    /// Set when the access key is temporary (see `app::sessions`).
+    pub session: Option<SessionInfo>,
 }
+
+/// What temporary credentials add to a caller.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The role assumed; `None` for a user's own short-lived credentials.
+    pub role: Option<IamEntityRecord>,
+    pub session_name: String,
+    /// After this the credentials are refused with ExpiredToken.
+    pub expires_at: chrono::DateTime<Utc>,
+    /// The session policy given when the session was issued: the caller may do
+    /// only what both it and `policies` allow.
+    pub session_policy: Option<Policy>,
+}
+
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallerError {
@@ -257,6 +279,9 @@ pub async fn caller_for_key(
     master: &MasterKey,
     access_key_id: &str,
 ) -> Result<Option<Caller>, CallerError> {
+    if super::sessions::is_temporary_key_id(access_key_id) {
+        return super::sessions::caller_for_session(store, master, access_key_id).await;
+    }
     let Some(key) = store.access_key_get(access_key_id).await? else {
         return Ok(None);
     };
@@ -284,6 +309,9 @@ pub async fn caller_for_key(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let tags = store
+        .principal_tags_list(PrincipalKind::User, &user.id)
+        .await?;
     Ok(Some(Caller {
         credential: Credential {
             secret_access_key: secret,
@@ -291,5 +319,7 @@ pub async fn caller_for_key(
         },
         user,
         policies,
+        tags,
+        session: None,
     }))
 }

@@ -93,8 +93,14 @@ enum Refusal {
 /// Who signed a request that verified, with the identity policies that apply to them.
 #[derive(Debug)]
 pub struct VerifiedCaller {
+    /// The identity the request acts as (for an assumed role, the
+    /// `assumed-role/<role>/<session>` ARN; see `app::principals::Caller`).
     pub user: crate::store::IamEntityRecord,
     pub policies: Vec<Policy>,
+    /// The user's or role's tags (`aws:PrincipalTag/*`).
+    pub tags: Vec<(String, String)>,
+    /// Set when the request was signed with temporary credentials.
+    pub session: Option<crate::app::principals::SessionInfo>,
 }
 
 impl VerifiedCaller {
@@ -107,12 +113,26 @@ impl VerifiedCaller {
         extend: impl FnOnce(&mut RequestContext),
     ) -> Decision<'_> {
         let mut ctx = RequestContext::new(action, resource);
-        ctx.set_current_time(Utc::now())
-            .set_secure_transport(false)
-            .set_principal(Some(&self.user.name), &self.user.id, &self.user.arn);
+        ctx.set_current_time(Utc::now()).set_secure_transport(false);
+        match self.session.as_ref().and_then(|s| s.role.as_ref()) {
+            // A role session has no aws:username; aws:PrincipalArn is the role's ARN.
+            Some(role) => ctx.set_principal(None, &self.user.id, &role.arn),
+            None => ctx.set_principal(Some(&self.user.name), &self.user.id, &self.user.arn),
+        };
+        for (key, value) in &self.tags {
+            ctx.set_principal_tag(key, value);
+        }
         extend(&mut ctx);
         let policies: Vec<&Policy> = self.policies.iter().collect();
-        evaluate(&policies, &ctx)
+        let decision = evaluate(&policies, &ctx);
+        // A session policy narrows: both it and the identity policies must allow.
+        match self.session.as_ref().and_then(|s| s.session_policy.as_ref()) {
+            Some(session_policy) if decision.is_allowed() => match evaluate(&[session_policy], &ctx) {
+                Decision::Allow(_) => decision,
+                narrowed => narrowed,
+            },
+            _ => decision,
+        }
     }
 }
 
@@ -148,9 +168,19 @@ async fn verify(
     let credential = caller.as_ref().map(|c| &c.credential);
     verify_parsed(&request, &signed, credential, &config, Utc::now()).map_err(Refusal::Auth)?;
     let caller = caller.ok_or(Refusal::Auth(AuthError::UnrecognizedClient))?;
+    // Checked after the signature, so only the holder of the secret learns it.
+    if caller
+        .session
+        .as_ref()
+        .is_some_and(|s| s.expires_at <= Utc::now())
+    {
+        return Err(Refusal::Auth(AuthError::ExpiredToken));
+    }
     Ok(VerifiedCaller {
         user: caller.user,
         policies: caller.policies,
+        tags: caller.tags,
+        session: caller.session,
     })
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod ids;
 mod nodes;
 mod principals;
+mod sessions;
 mod tags;
 mod users;
 
@@ -28,7 +29,11 @@ pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use error::{Constraint, StoreError};
 pub use ids::{BrokerId, ConfigurationId};
 pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
-pub use principals::{AccessKeyRecord, IamEntityRecord, KeyInsert, PrincipalKind};
+pub use principals::{
+    AccessKeyRecord, IamEntityRecord, KeyInsert, ManagedPolicyRecord, PrincipalKind, PrincipalUsage,
+    MAX_PRINCIPAL_TAGS,
+};
+pub use sessions::{RoleRecord, SessionRecord};
 pub use users::{NewUser, UserRecord, UserUpdate};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -45,6 +45,10 @@ pub enum AuthError {
     /// One variant for both so a caller cannot tell which.
     #[error("The security token included in the request is invalid.")]
     UnrecognizedClient,
+    /// Temporary credentials past their expiration. Only answered once the
+    /// signature verified, so it tells nothing to someone without the secret.
+    #[error("The security token included in the request is expired")]
+    ExpiredToken,
     #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")]
     SignatureMismatch,
     /// Signed too long ago (or, presigned, past its `X-Amz-Expires`).
@@ -81,6 +85,8 @@ impl AuthError {
             (Incomplete(_), Protocol::Query) => "IncompleteSignature",
             (UnrecognizedClient, Protocol::RestJson) => "UnrecognizedClientException",
             (UnrecognizedClient, Protocol::Query) => "InvalidClientTokenId",
+            (ExpiredToken, Protocol::RestJson) => "ExpiredTokenException",
+            (ExpiredToken, Protocol::Query) => "ExpiredToken",
             (
                 BadScope(_)
                 | HostNotSigned
@@ -110,7 +116,7 @@ impl AuthError {
     /// Query protocol, 403 for everything else.
     pub fn http_status(&self, protocol: Protocol) -> u16 {
         match (self, protocol) {
-            (AuthError::Incomplete(_), Protocol::Query) => 400,
+            (AuthError::Incomplete(_) | AuthError::ExpiredToken, Protocol::Query) => 400,
             _ => 403,
         }
     }
@@ -134,6 +140,11 @@ mod tests {
             AuthError::UnrecognizedClient.code(Protocol::Query),
             "InvalidClientTokenId"
         );
+        assert_eq!(
+            AuthError::ExpiredToken.code(Protocol::RestJson),
+            "ExpiredTokenException"
+        );
+        assert_eq!(AuthError::ExpiredToken.code(Protocol::Query), "ExpiredToken");
         assert_eq!(
             AuthError::Incomplete("x".into()).http_status(Protocol::Query),
             400
