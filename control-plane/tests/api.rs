@@ -1008,6 +1008,7 @@ async fn describe_broker_shows_started_nodes() {
         host: "127.0.0.1".to_owned(),
         amqp_port: 45672,
         admin_port: 45673,
+        replication_port: None,
     };
     api.state
         .store

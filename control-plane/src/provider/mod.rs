@@ -21,6 +21,9 @@ pub struct NodeSpec {
     pub admin_port: u16,
     /// The engine version to run (selects the agent binary where several exist).
     pub engine_version: String,
+    /// Replicated brokers: the port of the node's replication listener (chosen once, like
+    /// the others). `None` for single-instance brokers.
+    pub replication_port: Option<u16>,
 }
 
 /// Where a new node will listen.
@@ -52,6 +55,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Picks where a new node will listen. The choice may collide with ports another node
     /// holds; the store's unique constraints catch that, and the reconciler draws again.
     fn allocate_endpoint(&self) -> anyhow::Result<Endpoint>;
+
+    /// Picks a port for a replicated node's replication listener, chosen and caught like
+    /// [`Provider::allocate_endpoint`]'s. Providers whose nodes each have their own address
+    /// may answer a fixed port.
+    fn allocate_replication_port(&self) -> anyhow::Result<u16> {
+        anyhow::bail!("this provider does not run replicated brokers yet")
+    }
 
     /// Ensures the node runs: adopts a running process, else starts one on the node's
     /// existing data (creating it the first time) with `token` as its credential.

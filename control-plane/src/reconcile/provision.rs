@@ -256,6 +256,7 @@ impl Provisioner {
                 host: endpoint.host,
                 amqp_port: endpoint.amqp_port,
                 admin_port: endpoint.admin_port,
+                replication_port: None,
             };
             match self.state.store.node_insert(&node, Utc::now()).await {
                 Ok(_) => return Ok(()),
@@ -285,6 +286,7 @@ impl Provisioner {
             amqp_port: node.amqp_port,
             admin_port: node.admin_port,
             engine_version: broker.engine_version.clone(),
+            replication_port: node.replication_port,
         };
         match self
             .provider

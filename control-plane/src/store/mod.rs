@@ -5,12 +5,17 @@
 //! [`with_pool!`] compiles it for each backend. Database errors become [`StoreError`]
 //! here, once, naming the constraint that fired.
 
+mod audit;
+mod aws_login;
 mod brokers;
 mod configurations;
 mod error;
+pub mod events;
 mod ids;
+mod maintenance;
 mod nodes;
 mod principals;
+mod replication;
 mod sessions;
 mod tags;
 mod users;
@@ -24,11 +29,21 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use audit::{
+    AuditDecision, AuditEventRecord, AuditFilter, NewAuditEvent, AUDIT_INSERT_MAX_ROWS,
+};
+pub use aws_login::{
+    AwsLoginMappingRecord, ImportedInline, ImportedManaged, IMPORTED_INLINE_PREFIX,
+    IMPORTED_POLICY_PATH,
+};
 pub use brokers::{BrokerDetail, BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
 pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use error::{Constraint, StoreError};
 pub use ids::{BrokerId, ConfigurationId};
-pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState};
+pub use maintenance::{ActionKind, ActionRecord, ActionSource, RunRecord};
+pub use events::{EventRecord, NewEvent};
+pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState, ReportedReplication};
+pub use replication::{HeartbeatAnswer, Promotion, ReplicationRecord, SwitchoverRequest};
 pub use principals::{
     AccessKeyRecord, IamEntityRecord, KeyInsert, ManagedPolicyRecord, PrincipalKind, PrincipalUsage,
     MAX_PRINCIPAL_TAGS,

@@ -7,7 +7,7 @@
 //! everything (`node_remove`).
 
 use chrono::{DateTime, Utc};
-use mooring_agent_protocol::{EngineStatus, Generation, NodeId, Rejection};
+use mooring_agent_protocol::{EngineStatus, Generation, NodeId, Rejection, Role};
 use sqlx::FromRow;
 
 use super::{with_pool, BrokerId, Store, StoreError};
@@ -75,6 +75,37 @@ pub struct NodeRecord {
     pub applied_generation: i64,
     pub rejected: Option<(i64, String)>,
     pub created_at: DateTime<Utc>,
+    /// Where its replication listener is bound (replicated brokers only).
+    pub replication_port: Option<u16>,
+    /// What its agent last said of its replication (replicated brokers only).
+    pub reported: ReportedReplication,
+}
+
+/// A node's last replication report: zeros and `None` until its first one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportedReplication {
+    /// The newest epoch it has seen.
+    pub epoch: u64,
+    /// The role it acts in.
+    pub role: Option<Role>,
+    /// The last log position it holds durably.
+    pub position: u64,
+}
+
+/// How a role is stored in `broker_nodes.reported_role`.
+pub(crate) fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+    }
+}
+
+pub(crate) fn parse_role(s: &str) -> Option<Role> {
+    match s {
+        "leader" => Some(Role::Leader),
+        "follower" => Some(Role::Follower),
+        _ => None,
+    }
 }
 
 impl NodeRecord {
@@ -86,6 +117,17 @@ impl NodeRecord {
     /// The console (admin) URL, as DescribeBroker shows it.
     pub fn console_url(&self) -> String {
         format!("http://{}:{}", self.host, self.admin_port)
+    }
+
+    /// `host:port` of its AMQP listener, as peers name it.
+    pub fn amqp_addr(&self) -> String {
+        format!("{}:{}", self.host, self.amqp_port)
+    }
+
+    /// `host:port` of its replication listener, if it has one.
+    pub fn replication_addr(&self) -> Option<String> {
+        self.replication_port
+            .map(|p| format!("{}:{}", self.host, p))
     }
 }
 
@@ -99,6 +141,8 @@ pub struct NewNode {
     pub host: String,
     pub amqp_port: u16,
     pub admin_port: u16,
+    /// Replicated brokers only.
+    pub replication_port: Option<u16>,
 }
 
 /// What the agent API needs to authenticate a node and answer it.
@@ -116,12 +160,16 @@ pub struct NodeAuth {
     pub last_heartbeat: Option<DateTime<Utc>>,
     /// Whether a refused configuration is on record.
     pub rejected: bool,
+    /// The broker is replicated: every heartbeat is recorded (failover reads them) and
+    /// answered with the lease and the in-sync set.
+    pub replicated: bool,
 }
 
 const COLUMNS: &str = "id, broker_id, ordinal, zone, host, amqp_port, admin_port, token_hash, \
     observed_state, pid, restart_generation, started_at, registered_at, agent_version, \
     last_heartbeat, engine_ready, connections, queues, messages, applied_generation, \
-    rejected_generation, rejected_reason, created_at";
+    rejected_generation, rejected_reason, created_at, replication_port, reported_epoch, \
+    reported_role, reported_position";
 
 #[derive(FromRow)]
 struct NodeRow {
@@ -148,6 +196,10 @@ struct NodeRow {
     rejected_generation: Option<i64>,
     rejected_reason: Option<String>,
     created_at: DateTime<Utc>,
+    replication_port: Option<i32>,
+    reported_epoch: i64,
+    reported_role: Option<String>,
+    reported_position: i64,
 }
 
 #[derive(FromRow)]
@@ -160,6 +212,7 @@ struct AuthRow {
     registered: bool,
     last_heartbeat: Option<DateTime<Utc>>,
     rejected: bool,
+    replicated: bool,
 }
 
 fn port(column: &str, value: i32) -> Result<u16, StoreError> {
@@ -205,6 +258,15 @@ impl TryFrom<NodeRow> for NodeRecord {
             applied_generation: r.applied_generation,
             rejected: r.rejected_generation.zip(r.rejected_reason),
             created_at: r.created_at,
+            replication_port: r
+                .replication_port
+                .map(|p| port("replication_port", p))
+                .transpose()?,
+            reported: ReportedReplication {
+                epoch: count(r.reported_epoch),
+                role: r.reported_role.as_deref().and_then(parse_role),
+                position: count(r.reported_position),
+            },
         })
     }
 }
@@ -225,8 +287,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO broker_nodes (id, broker_id, ordinal, zone, host, amqp_port, \
                  admin_port, token_hash, observed_state, pid, restart_generation, engine_ready, \
-                 connections, queues, messages, applied_generation, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, 0, FALSE, 0, 0, 0, 0, $9) \
+                 connections, queues, messages, applied_generation, created_at, replication_port) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, 0, FALSE, 0, 0, 0, 0, $9, $10) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(&node.id.0)
@@ -238,6 +300,7 @@ impl Store {
             .bind(i32::from(node.admin_port))
             .bind(ObservedState::Pending.as_str())
             .bind(now)
+            .bind(node.replication_port.map(i32::from))
             .execute(pool)
             .await?
             .rows_affected()
@@ -276,12 +339,15 @@ impl Store {
 
     /// Every port some node holds, so a new node gets others.
     pub async fn node_ports_taken(&self) -> Result<Vec<u16>, StoreError> {
-        let rows: Vec<(i32, i32)> = with_pool!(self, pool => {
-            sqlx::query_as("SELECT amqp_port, admin_port FROM broker_nodes").fetch_all(pool).await?
+        let rows: Vec<(i32, i32, Option<i32>)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT amqp_port, admin_port, replication_port FROM broker_nodes")
+                .fetch_all(pool)
+                .await?
         });
         Ok(rows
             .into_iter()
-            .flat_map(|(a, b)| [a, b])
+            .flat_map(|(a, b, r)| [Some(a), Some(b), r])
+            .flatten()
             .filter_map(|p| u16::try_from(p).ok())
             .collect())
     }
@@ -373,7 +439,9 @@ impl Store {
                 "SELECT n.broker_id, n.token_hash, b.generation AS desired_generation, \
                  n.applied_generation, n.engine_ready, \
                  n.registered_at IS NOT NULL AS registered, n.last_heartbeat, \
-                 n.rejected_generation IS NOT NULL AS rejected FROM broker_nodes n \
+                 n.rejected_generation IS NOT NULL AS rejected, \
+                 EXISTS (SELECT 1 FROM broker_replication r WHERE r.broker_id = n.broker_id) \
+                 AS replicated FROM broker_nodes n \
                  JOIN brokers b ON b.id = n.broker_id WHERE n.id = $1",
             )
             .bind(&id.0)
@@ -390,6 +458,7 @@ impl Store {
             registered: r.registered,
             last_heartbeat: r.last_heartbeat,
             rejected: r.rejected,
+            replicated: r.replicated,
         })
     }
 

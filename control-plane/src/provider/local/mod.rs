@@ -44,6 +44,9 @@ pub struct LocalConfig {
     /// The control plane's base URL as agents reach it, e.g. `http://127.0.0.1:7878`.
     pub control_plane_url: String,
     pub heartbeat_interval: Duration,
+    /// The heartbeat interval of replicated brokers' nodes (sub-second: failure detection
+    /// and lease renewal ride on it).
+    pub replicated_heartbeat_interval: Duration,
     /// How long a stop waits after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
 }
@@ -55,6 +58,7 @@ impl LocalConfig {
             nodes_dir: cp_data_dir.join("nodes"),
             control_plane_url,
             heartbeat_interval: Duration::from_secs(1),
+            replicated_heartbeat_interval: Duration::from_millis(200),
             stop_timeout: Duration::from_secs(10),
         }
     }
@@ -109,8 +113,19 @@ impl LocalProvider {
         let log_err = log
             .try_clone()
             .context("duplicating the agent log handle")?;
-        let mut child = tokio::process::Command::new(&self.config.agent_binary)
-            .arg("run")
+        // Replicated nodes heartbeat faster: failover detection and lease renewal ride on it.
+        let heartbeat = match spec.replication_port {
+            Some(_) => self.config.replicated_heartbeat_interval,
+            None => self.config.heartbeat_interval,
+        };
+        let mut command = tokio::process::Command::new(&self.config.agent_binary);
+        command.arg("run");
+        if let Some(port) = spec.replication_port {
+            command
+                .arg("--replication-listen")
+                .arg(format!("127.0.0.1:{port}"));
+        }
+        let mut child = command
             .arg("--control-plane")
             .arg(&self.config.control_plane_url)
             .arg("--node-id")
@@ -122,7 +137,7 @@ impl LocalProvider {
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", spec.admin_port))
             .arg("--heartbeat-interval-ms")
-            .arg(self.config.heartbeat_interval.as_millis().to_string())
+            .arg(heartbeat.as_millis().to_string())
             .env(TOKEN_ENV, token)
             .stdin(Stdio::null())
             .stdout(log)
@@ -258,6 +273,12 @@ impl Provider for LocalProvider {
             amqp_port,
             admin_port,
         })
+    }
+
+    fn allocate_replication_port(&self) -> anyhow::Result<u16> {
+        // A pair is drawn (and probed free together); one of it is enough.
+        let (port, _) = free_port_pair(&[])?;
+        Ok(port)
     }
 
     fn start<'a>(

@@ -57,6 +57,7 @@ fn spec(id: &str) -> NodeSpec {
         amqp_port: 1,
         admin_port: 2,
         engine_version: "3.13".into(),
+        replication_port: None,
     }
 }
 

@@ -104,6 +104,7 @@ fn new_node(broker: &BrokerId, ordinal: i32, amqp: u16, admin: u16) -> NewNode {
         host: "127.0.0.1".into(),
         amqp_port: amqp,
         admin_port: admin,
+        replication_port: None,
     }
 }
 

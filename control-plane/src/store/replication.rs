@@ -1,0 +1,536 @@
+//! The `broker_replication` table and the replication columns of `broker_nodes`: who leads a
+//! replicated broker under which epoch, the leader's lease, the recorded in-sync set, and
+//! what each node last reported (DESIGN.md decisions 3 and 4).
+//!
+//! Every write that could move leadership is a compare-and-set on the epoch it was decided
+//! under (`... WHERE epoch = $old`), so of two control planes deciding at once exactly one
+//! wins, and a heartbeat answered under an old epoch cannot change the new one's lease or
+//! in-sync set. A promotion bumps the epoch, the broker's configuration generation and its
+//! version, and records its event, in one transaction.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use mooring_agent_protocol::{Epoch, Heartbeat, LeaseGrant, NodeId, Role};
+use sqlx::FromRow;
+
+use super::events::{insert_event, kind, NewEvent};
+use super::nodes::role_str;
+use super::{with_pool, BrokerId, NodeRecord, Store, StoreError};
+use crate::model::BrokerState;
+
+/// A replicated broker's leadership as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationRecord {
+    pub broker_id: BrokerId,
+    pub epoch: Epoch,
+    /// The leader under `epoch`.
+    pub leader: NodeId,
+    /// Sorted; the control plane promotes only a member.
+    pub in_sync: Vec<NodeId>,
+    /// On the control plane's clock; `None` until the leader of `epoch` is first granted one.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The leader gave the lease up for a switchover: it confirms nothing more.
+    pub lease_released: bool,
+    /// The leader's log position when it released its lease.
+    pub released_position: Option<u64>,
+    /// The replication secret, sealed under the master key.
+    pub secret_sealed: String,
+    pub switchover: Option<SwitchoverRequest>,
+    /// The `actionRequiredCode` the broker shows while CRITICAL_ACTION_REQUIRED.
+    pub action_required: Option<String>,
+    pub leader_since: DateTime<Utc>,
+    /// The broker's state (joined, for the loops that read every replicated broker).
+    pub broker_state: BrokerState,
+}
+
+/// A planned change of leader, waiting to happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchoverRequest {
+    pub requested_at: DateTime<Utc>,
+    /// `None`: the best in-sync follower.
+    pub target: Option<NodeId>,
+    pub reason: String,
+}
+
+/// How the agent API answers a replicated node's heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeartbeatAnswer {
+    pub desired_generation: i64,
+    /// For the leader of the current epoch, unless it was asked to release its lease.
+    pub lease: Option<LeaseGrant>,
+    /// The recorded in-sync set, after any change this heartbeat made.
+    pub in_sync: Option<Vec<NodeId>>,
+    /// The leader is asked to step down (a switchover is pending).
+    pub release_lease: bool,
+    /// This heartbeat changed something the leadership loop acts on (lease released).
+    pub leadership_changed: bool,
+}
+
+/// A promotion decided under `from_epoch`; see [`Store::replication_promote`].
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    pub broker_id: BrokerId,
+    pub from_epoch: Epoch,
+    /// The in-sync set the decision read; the promotion fails if it changed since.
+    pub expected_in_sync: Vec<NodeId>,
+    pub new_leader: NodeId,
+    /// The in-sync set under the new epoch (the new leader and the live in-sync followers).
+    pub new_in_sync: Vec<NodeId>,
+    /// Recorded in the same transaction; its epoch is set to the new one.
+    pub event: NewEvent,
+}
+
+const COLUMNS: &str = "r.broker_id, r.epoch, r.leader_node, r.in_sync, r.lease_expires_at, \
+    r.lease_released, r.released_position, r.secret_sealed, r.switchover_requested_at, \
+    r.switchover_target, r.switchover_reason, r.action_required, r.leader_since, \
+    b.state AS broker_state";
+
+#[derive(FromRow)]
+struct ReplicationRow {
+    broker_id: String,
+    epoch: i64,
+    leader_node: String,
+    in_sync: String,
+    lease_expires_at: Option<DateTime<Utc>>,
+    lease_released: bool,
+    released_position: Option<i64>,
+    secret_sealed: String,
+    switchover_requested_at: Option<DateTime<Utc>>,
+    switchover_target: Option<String>,
+    switchover_reason: Option<String>,
+    action_required: Option<String>,
+    leader_since: DateTime<Utc>,
+    broker_state: String,
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The stored form of a node set: a sorted JSON array, so equal sets compare equal as text.
+pub(crate) fn node_set_text(nodes: &[NodeId]) -> String {
+    let mut ids: Vec<String> = nodes.iter().map(|n| n.0.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    super::json_list(&ids)
+}
+
+fn node_set(text: &str) -> Result<Vec<NodeId>, StoreError> {
+    Ok(super::parse_json_list(text)?
+        .into_iter()
+        .map(NodeId)
+        .collect())
+}
+
+impl TryFrom<ReplicationRow> for ReplicationRecord {
+    type Error = StoreError;
+
+    fn try_from(r: ReplicationRow) -> Result<Self, StoreError> {
+        Ok(ReplicationRecord {
+            broker_id: BrokerId::from_db(r.broker_id),
+            epoch: Epoch(u64_of(r.epoch)),
+            leader: NodeId(r.leader_node),
+            in_sync: node_set(&r.in_sync)?,
+            lease_expires_at: r.lease_expires_at,
+            lease_released: r.lease_released,
+            released_position: r.released_position.map(u64_of),
+            secret_sealed: r.secret_sealed,
+            switchover: r.switchover_requested_at.map(|at| SwitchoverRequest {
+                requested_at: at,
+                target: r.switchover_target.map(NodeId),
+                reason: r.switchover_reason.unwrap_or_default(),
+            }),
+            action_required: r.action_required,
+            leader_since: r.leader_since,
+            broker_state: BrokerState::parse(&r.broker_state).ok_or_else(|| {
+                StoreError::Corrupt(format!("brokers.state = {:?}", r.broker_state))
+            })?,
+        })
+    }
+}
+
+/// What the heartbeat transaction reads: the broker's generation and, when replicated,
+/// its leadership.
+#[derive(FromRow)]
+struct HeartbeatRow {
+    generation: i64,
+    epoch: Option<i64>,
+    leader_node: Option<String>,
+    in_sync: Option<String>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    lease_released: Option<bool>,
+    switchover_requested_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Records a replicated broker's leadership at epoch 1 unless it is recorded already
+    /// (then the existing record is returned unchanged: a re-run provisioning pass is
+    /// harmless).
+    pub async fn replication_ensure(
+        &self,
+        broker_id: &BrokerId,
+        leader: &NodeId,
+        in_sync: &[NodeId],
+        secret_sealed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReplicationRecord, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO broker_replication (broker_id, epoch, leader_node, in_sync, \
+                 lease_expires_at, lease_released, released_position, secret_sealed, \
+                 switchover_requested_at, switchover_target, switchover_reason, \
+                 action_required, leader_since, updated_at) \
+                 VALUES ($1, 1, $2, $3, NULL, FALSE, NULL, $4, NULL, NULL, NULL, NULL, $5, $5) \
+                 ON CONFLICT (broker_id) DO NOTHING",
+            )
+            .bind(broker_id.as_str())
+            .bind(&leader.0)
+            .bind(node_set_text(in_sync))
+            .bind(secret_sealed)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        self.replication_get(broker_id)
+            .await?
+            .ok_or(StoreError::NotFound("broker"))
+    }
+
+    pub async fn replication_get(
+        &self,
+        broker_id: &BrokerId,
+    ) -> Result<Option<ReplicationRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM broker_replication r JOIN brokers b ON b.id = r.broker_id \
+             WHERE r.broker_id = $1"
+        );
+        let row: Option<ReplicationRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(broker_id.as_str()).fetch_optional(pool).await?
+        });
+        row.map(TryInto::try_into).transpose()
+    }
+
+    /// Every replicated broker's leadership, by broker id.
+    pub async fn replication_list(&self) -> Result<Vec<ReplicationRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM broker_replication r JOIN brokers b ON b.id = r.broker_id \
+             ORDER BY r.broker_id"
+        );
+        let rows: Vec<ReplicationRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).fetch_all(pool).await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// The nodes of every replicated broker, by broker then ordinal.
+    pub async fn replication_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut nodes = Vec::new();
+        for broker in self.replication_list().await? {
+            nodes.extend(self.node_list_for_broker(&broker.broker_id).await?);
+        }
+        Ok(nodes)
+    }
+
+    /// Records a replicated node's heartbeat and answers it, in one transaction: liveness and
+    /// engine status; the node's replication report; for the leader of the current epoch,
+    /// a released lease, a renewed lease (expiry = `now` + `lease`, on this clock; never
+    /// shortened), and its proposed in-sync set. Lease and in-sync writes are conditional on
+    /// the epoch read in the transaction, so a promotion committed meanwhile wins.
+    pub async fn replication_heartbeat(
+        &self,
+        node: &NodeId,
+        hb: &Heartbeat,
+        lease: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        let report = hb.replication.as_ref();
+        let rejected = hb.rejected.as_ref();
+        let lease_ms = u64::try_from(lease.num_milliseconds()).unwrap_or(0);
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // The write comes first: on SQLite it takes the write lock, so the reads below
+            // and the conditional writes after them see one state.
+            let broker_id: Option<String> = sqlx::query_scalar(
+                "UPDATE broker_nodes SET last_heartbeat = $2, applied_generation = $3, \
+                 engine_ready = $4, connections = $5, queues = $6, messages = $7, \
+                 rejected_generation = $8, rejected_reason = $9, \
+                 reported_epoch = COALESCE($10, reported_epoch), \
+                 reported_role = COALESCE($11, reported_role), \
+                 reported_position = COALESCE($12, reported_position) \
+                 WHERE id = $1 RETURNING broker_id",
+            )
+            .bind(&node.0)
+            .bind(now)
+            .bind(i64_of(hb.applied_generation.0))
+            .bind(hb.engine.ready)
+            .bind(i64_of(hb.engine.connections))
+            .bind(i64_of(hb.engine.queues))
+            .bind(i64_of(hb.engine.messages))
+            .bind(rejected.map(|r| i64_of(r.generation.0)))
+            .bind(rejected.map(|r| r.reason.as_str()))
+            .bind(report.map(|r| i64_of(r.epoch.0)))
+            .bind(report.map(|r| role_str(r.role)))
+            .bind(report.map(|r| i64_of(r.position)))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let broker_id = broker_id.ok_or(StoreError::NotFound("node"))?;
+            let row: HeartbeatRow = sqlx::query_as(
+                "SELECT b.generation, r.epoch, r.leader_node, r.in_sync, r.lease_expires_at, \
+                 r.lease_released, r.switchover_requested_at FROM brokers b \
+                 LEFT JOIN broker_replication r ON r.broker_id = b.id WHERE b.id = $1",
+            )
+            .bind(&broker_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut answer = HeartbeatAnswer {
+                desired_generation: row.generation,
+                ..HeartbeatAnswer::default()
+            };
+            let (Some(epoch), Some(leader), Some(in_sync_text)) =
+                (row.epoch, row.leader_node.as_deref(), row.in_sync.as_deref())
+            else {
+                tx.commit().await?;
+                return Ok(answer);
+            };
+            let mut in_sync = node_set(in_sync_text)?;
+            let released = row.lease_released.unwrap_or(false);
+            let switching = row.switchover_requested_at.is_some();
+            // The leader of the current epoch, acting as one under it.
+            let current_leader = report.filter(|r| {
+                leader == node.0 && r.epoch.0 == u64_of(epoch) && r.role == Role::Leader
+            });
+            if let Some(r) = current_leader {
+                if r.lease_released && !released {
+                    sqlx::query(
+                        "UPDATE broker_replication SET lease_released = TRUE, \
+                         released_position = $3, updated_at = $4 \
+                         WHERE broker_id = $1 AND epoch = $2",
+                    )
+                    .bind(&broker_id)
+                    .bind(epoch)
+                    .bind(i64_of(r.position))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    answer.leadership_changed = true;
+                } else if !r.lease_released && !released && !switching {
+                    let expiry = now + lease;
+                    let expiry = row.lease_expires_at.map_or(expiry, |e| e.max(expiry));
+                    let granted = sqlx::query(
+                        "UPDATE broker_replication SET lease_expires_at = $3 \
+                         WHERE broker_id = $1 AND epoch = $2 AND lease_released = FALSE \
+                         AND switchover_requested_at IS NULL",
+                    )
+                    .bind(&broker_id)
+                    .bind(epoch)
+                    .bind(expiry)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if granted > 0 {
+                        answer.lease = Some(LeaseGrant {
+                            epoch: Epoch(u64_of(epoch)),
+                            duration_ms: lease_ms,
+                        });
+                    }
+                }
+                answer.release_lease = switching && !r.lease_released && !released;
+                let mut proposed = r.proposed_in_sync.clone();
+                proposed.sort();
+                proposed.dedup();
+                // The leader always holds everything it confirmed: a proposal without it is
+                // malformed and ignored.
+                if !proposed.is_empty() && proposed != in_sync && proposed.contains(node) {
+                    let changed = sqlx::query(
+                        "UPDATE broker_replication SET in_sync = $4, updated_at = $5 \
+                         WHERE broker_id = $1 AND epoch = $2 AND leader_node = $3",
+                    )
+                    .bind(&broker_id)
+                    .bind(epoch)
+                    .bind(&node.0)
+                    .bind(node_set_text(&proposed))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed > 0 {
+                        let event = NewEvent {
+                            broker_id: BrokerId::from_db(broker_id.clone()),
+                            at: now,
+                            kind: kind::IN_SYNC_CHANGE,
+                            from_node: None,
+                            to_node: None,
+                            epoch: Some(u64_of(epoch)),
+                            reason: format!(
+                                "in-sync set {} -> {} at the leader's request",
+                                show(&in_sync),
+                                show(&proposed)
+                            ),
+                            duration_ms: None,
+                        };
+                        insert_event!(&mut *tx, &event);
+                        in_sync = proposed;
+                        answer.leadership_changed = true;
+                    }
+                }
+            }
+            tx.commit().await?;
+            answer.in_sync = Some(in_sync);
+            Ok(answer)
+        })
+    }
+
+    /// Promotes `p.new_leader` under epoch `p.from_epoch + 1`, if the epoch is still
+    /// `p.from_epoch` and the in-sync set still `p.expected_in_sync` (else nothing changes and
+    /// `false` is returned: another control plane or a heartbeat got there first). In one
+    /// transaction: the new epoch, leader and in-sync set, a cleared lease and switchover
+    /// request, the broker's generation and version bumped (the nodes fetch their new roles),
+    /// and the event.
+    pub async fn replication_promote(&self, p: &Promotion) -> Result<bool, StoreError> {
+        let now = p.event.at;
+        let new_epoch = p.from_epoch.0 + 1;
+        let event = NewEvent {
+            epoch: Some(new_epoch),
+            ..p.event.clone()
+        };
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let won = sqlx::query(
+                "UPDATE broker_replication SET epoch = $3, leader_node = $4, in_sync = $5, \
+                 lease_expires_at = NULL, lease_released = FALSE, released_position = NULL, \
+                 switchover_requested_at = NULL, switchover_target = NULL, \
+                 switchover_reason = NULL, leader_since = $6, updated_at = $6 \
+                 WHERE broker_id = $1 AND epoch = $2 AND in_sync = $7",
+            )
+            .bind(p.broker_id.as_str())
+            .bind(i64_of(p.from_epoch.0))
+            .bind(i64_of(new_epoch))
+            .bind(&p.new_leader.0)
+            .bind(node_set_text(&p.new_in_sync))
+            .bind(now)
+            .bind(node_set_text(&p.expected_in_sync))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if won == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE brokers SET generation = generation + 1, version = version + 1, \
+                 updated_at = $2 WHERE id = $1",
+            )
+            .bind(p.broker_id.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            insert_event!(&mut *tx, &event);
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// Records a switchover request unless one is pending (returns whether this one was
+    /// recorded). `target` `None`: the best in-sync follower.
+    pub async fn replication_request_switchover(
+        &self,
+        broker_id: &BrokerId,
+        target: Option<&NodeId>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE broker_replication SET switchover_requested_at = $2, \
+                 switchover_target = $3, switchover_reason = $4, updated_at = $2 \
+                 WHERE broker_id = $1 AND switchover_requested_at IS NULL",
+            )
+            .bind(broker_id.as_str())
+            .bind(now)
+            .bind(target.map(|t| t.0.as_str()))
+            .bind(reason)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Drops a pending switchover request made under `epoch` (refused or abandoned), and
+    /// records why.
+    pub async fn replication_cancel_switchover(
+        &self,
+        broker_id: &BrokerId,
+        epoch: Epoch,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE broker_replication SET switchover_requested_at = NULL, \
+                 switchover_target = NULL, switchover_reason = NULL, updated_at = $3 \
+                 WHERE broker_id = $1 AND epoch = $2 AND switchover_requested_at IS NOT NULL",
+            )
+            .bind(broker_id.as_str())
+            .bind(i64_of(epoch.0))
+            .bind(event.at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Records why the broker needs an operator (`None`: it does not) and moves it between
+    /// RUNNING and CRITICAL_ACTION_REQUIRED accordingly. Other states are left alone (a
+    /// creation or reboot finishes on its own terms). Returns whether anything changed.
+    pub async fn replication_set_status(
+        &self,
+        broker_id: &BrokerId,
+        action_required: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (from, to) = match action_required {
+            Some(_) => (BrokerState::Running, BrokerState::CriticalActionRequired),
+            None => (BrokerState::CriticalActionRequired, BrokerState::Running),
+        };
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let a = sqlx::query(
+                "UPDATE broker_replication SET action_required = $2, updated_at = $3 \
+                 WHERE broker_id = $1 AND COALESCE(action_required, '') <> COALESCE($2, '')",
+            )
+            .bind(broker_id.as_str())
+            .bind(action_required)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let b = sqlx::query(
+                "UPDATE brokers SET state = $3, version = version + 1, updated_at = $4 \
+                 WHERE id = $1 AND state = $2",
+            )
+            .bind(broker_id.as_str())
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(a + b > 0)
+        })
+    }
+}
+
+fn show(nodes: &[NodeId]) -> String {
+    let ids: Vec<&str> = nodes.iter().map(|n| n.0.as_str()).collect();
+    format!("[{}]", ids.join(", "))
+}
