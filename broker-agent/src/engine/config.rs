@@ -73,6 +73,9 @@ pub struct EngineConfig {
     pub body_memory_budget_bytes: u64,
     /// Period of the background fsync for classic durable queues.
     pub sync_interval: Duration,
+    /// Replicated leaders only: storage reports every durable mutation here, and confirms wait
+    /// for the followers (see `storage::replica`).
+    pub replication_tap: Option<super::storage::Tap>,
 }
 
 impl EngineConfig {
@@ -93,6 +96,7 @@ impl EngineConfig {
             disk_free_limit_bytes: 50 * 1024 * 1024,
             body_memory_budget_bytes: 64 * 1024 * 1024,
             sync_interval: Duration::from_millis(200),
+            replication_tap: None,
         }
     }
 }

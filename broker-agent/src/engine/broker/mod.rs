@@ -91,6 +91,7 @@ impl Broker {
     pub fn open(config: EngineConfig) -> anyhow::Result<Arc<Broker>> {
         let mut sc = super::storage::StorageConfig::new(&config.data_dir);
         sc.sync_interval = config.sync_interval;
+        sc.tap = config.replication_tap.clone();
         let storage = Storage::open(sc).context("opening storage")?;
         let defs = match storage.load_definitions().context("loading definitions")? {
             Some(bytes) => Some(Definitions::decode(&bytes).context("decoding definitions")?),

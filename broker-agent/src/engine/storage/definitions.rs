@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::segment::invalid_data;
 
-const FILE_NAME: &str = "definitions";
+pub(super) const FILE_NAME: &str = "definitions";
 const TEMP_NAME: &str = "definitions.tmp";
 const MAGIC: &[u8; 8] = b"MOORDEF1";
 const HEADER_BYTES: usize = MAGIC.len() + 8 + 4;

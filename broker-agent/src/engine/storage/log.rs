@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::recover;
+use super::replica::{DirTap, FileOp};
 use super::segment::{self, RECORD_HEADER_BYTES};
 use super::sync::{LogSync, SyncRequest, SyncResult, SyncThread};
 use super::{Durability, Location};
@@ -90,6 +91,11 @@ pub struct SyncWaiter {
 enum WaiterState {
     Done,
     Pending(oneshot::Receiver<SyncResult>),
+    /// Replicated leaders: the local fsync (if one is needed), then the followers.
+    Gated {
+        local: Option<oneshot::Receiver<SyncResult>>,
+        replicated: std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>,
+    },
 }
 
 impl QueueLog {
@@ -100,8 +106,9 @@ impl QueueLog {
         segment_bytes: u64,
         durability: Durability,
         sync_thread: &SyncThread,
+        tap: Option<DirTap>,
     ) -> io::Result<QueueLog> {
-        let sync = Arc::new(LogSync::new(dir.clone()));
+        let sync = Arc::new(LogSync::new(dir.clone(), tap));
         let found = recover::recover(&dir, &sync)?;
         let active_no = next_segment(found.highest)?;
         let active = create_segment(&dir, active_no, &sync)?;
@@ -266,6 +273,13 @@ impl QueueLog {
             }
             return Err(e);
         }
+        if let Some(tap) = &self.sync.tap {
+            tap.record(FileOp::WriteAt {
+                path: &tap.rel(&segment::segment_path(&self.dir, self.active_no)),
+                offset: seg.file_len,
+                data: &self.buf,
+            });
+        }
         seg.file_len += self.buf.len() as u64;
         self.sync
             .bytes_on_disk
@@ -283,6 +297,14 @@ impl QueueLog {
         let bytes = file_len_if_exists(&seg_path)? + file_len_if_exists(&ack_path)?;
         remove_if_exists(&seg_path)?;
         remove_if_exists(&ack_path)?;
+        if let Some(tap) = &self.sync.tap {
+            tap.record(FileOp::Remove {
+                path: &tap.rel(&seg_path),
+            });
+            tap.record(FileOp::Remove {
+                path: &tap.rel(&ack_path),
+            });
+        }
         self.sync.mark_dir();
         let _ = self
             .sync
@@ -297,6 +319,11 @@ impl QueueLog {
     /// Flushes, then asks the sync thread for an fdatasync covering everything appended so far.
     /// Many callers share one fsync.
     pub fn sync(&mut self) -> io::Result<SyncWaiter> {
+        let waiter = self.sync_local()?;
+        Ok(self.gate(waiter))
+    }
+
+    fn sync_local(&mut self) -> io::Result<SyncWaiter> {
         self.flush()?;
         if self.sync.is_synced()? {
             return Ok(SyncWaiter {
@@ -315,21 +342,41 @@ impl QueueLog {
         })
     }
 
+    /// On a replicated leader, makes `waiter` also wait until the followers have everything
+    /// written so far (the tap's position is read after the flush, so it covers this log's
+    /// writes). Without a tap, `waiter` as it is.
+    fn gate(&self, waiter: SyncWaiter) -> SyncWaiter {
+        let Some(tap) = &self.sync.tap else {
+            return waiter;
+        };
+        let lsn = tap.tap.0.position();
+        let replicated = tap.tap.0.replicated(lsn);
+        let local = match waiter.state {
+            WaiterState::Pending(rx) => Some(rx),
+            _ => None,
+        };
+        SyncWaiter {
+            state: WaiterState::Gated { local, replicated },
+        }
+    }
+
     /// What a publisher confirm waits for, by the log's [`Durability`]: for `Synced`, the same
     /// as [`sync`](Self::sync); for `Written`, a flush, with a waiter that is already resolved
-    /// (the sync thread fsyncs the data within `sync_interval`).
+    /// (the sync thread fsyncs the data within `sync_interval`). On a replicated leader the
+    /// waiter also waits for the followers (see `replica::StorageTap::replicated`).
     pub fn commit(&mut self) -> io::Result<SyncWaiter> {
-        match self.durability {
-            Durability::Synced => self.sync(),
+        let waiter = match self.durability {
+            Durability::Synced => self.sync_local()?,
             Durability::Written => {
                 self.flush()?;
                 // A failed background fsync means the disk is losing writes: stop confirming.
                 self.sync.is_synced()?;
-                Ok(SyncWaiter {
+                SyncWaiter {
                     state: WaiterState::Done,
-                })
+                }
             }
-        }
+        };
+        Ok(self.gate(waiter))
     }
 
     /// Reads one record back (for bodies not kept in memory). Reads buffered data too.
@@ -453,6 +500,11 @@ fn write_acks(
                     .open(segment::ack_path(dir, n))?,
             );
             sync.mark_dir();
+            if let Some(tap) = &sync.tap {
+                tap.record(FileOp::CreateFile {
+                    path: &tap.rel(&segment::ack_path(dir, n)),
+                });
+            }
             seg.ack_file = Some(Arc::clone(&f));
             f
         }
@@ -462,6 +514,13 @@ fn write_acks(
             *broken = true;
         }
         return Err(e);
+    }
+    if let Some(tap) = &sync.tap {
+        tap.record(FileOp::WriteAt {
+            path: &tap.rel(&segment::ack_path(dir, n)),
+            offset: seg.ack_len,
+            data: &seg.ack_buf,
+        });
     }
     seg.ack_len += seg.ack_buf.len() as u64;
     sync.bytes_on_disk
@@ -483,6 +542,11 @@ fn create_segment(dir: &Path, n: u32, sync: &LogSync) -> io::Result<Segment> {
         .write(true)
         .create_new(true)
         .open(segment::segment_path(dir, n))?;
+    if let Some(tap) = &sync.tap {
+        tap.record(FileOp::CreateFile {
+            path: &tap.rel(&segment::segment_path(dir, n)),
+        });
+    }
     sync.mark_dir();
     sync.segments.fetch_add(1, Ordering::Relaxed);
     Ok(Segment::new(Arc::new(file), 0, 0))
@@ -508,13 +572,23 @@ impl SyncWaiter {
     pub async fn wait(self) -> io::Result<()> {
         match self.state {
             WaiterState::Done => Ok(()),
-            WaiterState::Pending(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err((kind, msg))) => Err(io::Error::new(kind, msg)),
-                Err(_) => Err(io::Error::other(
-                    "the storage sync thread stopped before syncing",
-                )),
-            },
+            WaiterState::Pending(rx) => Self::local(rx).await,
+            WaiterState::Gated { local, replicated } => {
+                if let Some(rx) = local {
+                    Self::local(rx).await?;
+                }
+                replicated.await
+            }
+        }
+    }
+
+    async fn local(rx: oneshot::Receiver<SyncResult>) -> io::Result<()> {
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((kind, msg))) => Err(io::Error::new(kind, msg)),
+            Err(_) => Err(io::Error::other(
+                "the storage sync thread stopped before syncing",
+            )),
         }
     }
 }

@@ -20,10 +20,12 @@
 mod definitions;
 mod log;
 mod recover;
+pub mod replica;
 mod segment;
 mod sync;
 
 pub use log::{QueueLog, SyncWaiter};
+pub use replica::{Applier, FileOp, StorageTap, Tap};
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -66,6 +68,9 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// Period of the background fsync of logs with `Durability::Written`.
     pub sync_interval: Duration,
+    /// Replicated leaders only: where every durable mutation is reported (see `replica`).
+    /// `None` costs nothing on any path.
+    pub tap: Option<Tap>,
 }
 
 impl StorageConfig {
@@ -77,6 +82,7 @@ impl StorageConfig {
             dir: dir.into(),
             segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
             sync_interval: Self::DEFAULT_SYNC_INTERVAL,
+            tap: None,
         }
     }
 }
@@ -176,6 +182,9 @@ impl Storage {
     pub fn save_definitions(&self, bytes: &[u8]) -> io::Result<()> {
         let _guard = self.inner.definitions.lock();
         definitions::save(&self.inner.config.dir, bytes)?;
+        if let Some(tap) = &self.inner.config.tap {
+            tap.0.record(FileOp::Definitions { data: bytes });
+        }
         self.inner
             .sync
             .counters
@@ -207,17 +216,30 @@ impl Storage {
             file.sync_all()?;
             File::open(&dir)?.sync_all()?;
             File::open(&queues)?.sync_all()?;
+            if let Some(tap) = &self.inner.config.tap {
+                let rel = format!("{QUEUES_DIR}/{}", key.dir_name());
+                tap.0.record(FileOp::CreateDir { path: &rel });
+                tap.0.record(FileOp::WriteFile {
+                    path: &format!("{rel}/{META_FILE}"),
+                    data: names.to_string().as_bytes(),
+                });
+            }
             self.inner
                 .sync
                 .counters
                 .fsyncs_total
                 .fetch_add(3, Ordering::Relaxed);
         }
+        let tap = self.inner.config.tap.clone().map(|tap| replica::DirTap {
+            tap,
+            rel_dir: format!("{QUEUES_DIR}/{}", key.dir_name()),
+        });
         QueueLog::open(
             dir,
             self.inner.config.segment_bytes,
             durability,
             &self.inner.sync,
+            tap,
         )
     }
 
@@ -245,7 +267,23 @@ impl Storage {
             .counters
             .fsyncs_total
             .fetch_add(1, Ordering::Relaxed);
-        std::fs::remove_dir_all(&doomed)
+        let doomed_rel = self.inner.config.tap.as_ref().map(|tap| {
+            let name = doomed
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let rel = format!("{QUEUES_DIR}/{name}");
+            tap.0.record(FileOp::Rename {
+                from: &format!("{QUEUES_DIR}/{}", key.dir_name()),
+                to: &rel,
+            });
+            rel
+        });
+        std::fs::remove_dir_all(&doomed)?;
+        if let (Some(tap), Some(rel)) = (&self.inner.config.tap, doomed_rel) {
+            tap.0.record(FileOp::RemoveDirAll { path: &rel });
+        }
+        Ok(())
     }
 
     /// Removes every queue log on disk whose key is not in `keep` (logs of queues deleted while
@@ -263,10 +301,19 @@ impl Storage {
             {
                 continue;
             }
-            if entry.file_type()?.is_dir() {
+            let is_dir = entry.file_type()?.is_dir();
+            if is_dir {
                 std::fs::remove_dir_all(entry.path())?;
             } else {
                 std::fs::remove_file(entry.path())?;
+            }
+            if let (Some(tap), Some(name)) = (&self.inner.config.tap, entry.file_name().to_str()) {
+                let path = format!("{QUEUES_DIR}/{name}");
+                tap.0.record(if is_dir {
+                    FileOp::RemoveDirAll { path: &path }
+                } else {
+                    FileOp::Remove { path: &path }
+                });
             }
             removed = true;
         }

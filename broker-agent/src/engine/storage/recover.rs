@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::log::{remove_if_exists, Segment};
+use super::replica::FileOp;
 use super::segment::{self, ACK_ENTRY_BYTES};
 use super::sync::LogSync;
 
@@ -45,6 +46,11 @@ pub(super) fn recover(dir: &Path, sync: &LogSync) -> io::Result<Recovered> {
     // An ack file without its segment is what a crash between the two unlinks leaves.
     for n in acks.iter().filter(|n| segs.binary_search(n).is_err()) {
         remove_if_exists(&segment::ack_path(dir, *n))?;
+        if let Some(tap) = &sync.tap {
+            tap.record(FileOp::Remove {
+                path: &tap.rel(&segment::ack_path(dir, *n)),
+            });
+        }
         sync.mark_dir();
     }
     for n in segs {
@@ -82,12 +88,26 @@ fn recover_segment(dir: &Path, n: u32, sync: &LogSync, found: &mut Recovered) ->
         );
         file.set_len(end.intact_bytes)?;
         file.sync_data()?;
+        if let Some(tap) = &sync.tap {
+            tap.record(FileOp::SetLen {
+                path: &tap.rel(&path),
+                len: end.intact_bytes,
+            });
+        }
     }
     if acked == records {
         // Nothing live: the whole segment goes (an empty one too, e.g. the fresh active
         // segment of a run that wrote nothing).
         remove_if_exists(&path)?;
         remove_if_exists(&ack_path)?;
+        if let Some(tap) = &sync.tap {
+            tap.record(FileOp::Remove {
+                path: &tap.rel(&path),
+            });
+            tap.record(FileOp::Remove {
+                path: &tap.rel(&ack_path),
+            });
+        }
         sync.mark_dir();
         return Ok(());
     }
@@ -99,6 +119,12 @@ fn recover_segment(dir: &Path, n: u32, sync: &LogSync, found: &mut Recovered) ->
             if aligned != len {
                 f.set_len(aligned)?;
                 f.sync_data()?;
+                if let Some(tap) = &sync.tap {
+                    tap.record(FileOp::SetLen {
+                        path: &tap.rel(&ack_path),
+                        len: aligned,
+                    });
+                }
             }
             (Some(Arc::new(f)), aligned)
         }

@@ -47,6 +47,8 @@ pub(super) struct LogSync {
     /// Bytes of this log's files on disk and its number of segments, for `stats`.
     pub bytes_on_disk: AtomicU64,
     pub segments: AtomicU64,
+    /// Replicated leaders: where this log's file mutations are reported.
+    pub tap: Option<super::replica::DirTap>,
 }
 
 #[derive(Default)]
@@ -60,8 +62,9 @@ struct Dirty {
 }
 
 impl LogSync {
-    pub fn new(dir: PathBuf) -> LogSync {
+    pub fn new(dir: PathBuf, tap: Option<super::replica::DirTap>) -> LogSync {
         LogSync {
+            tap,
             dir,
             dirty: Mutex::new(Dirty::default()),
             synced_seq: AtomicU64::new(0),
