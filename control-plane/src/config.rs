@@ -96,6 +96,10 @@ pub struct ServeConfig {
     /// Default: `<data-dir>/master.key`, generated with mode 0600 when absent.
     #[arg(long, env = "MOORING_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+
+    /// Login with a real AWS identity (off unless --aws-login-sts-endpoint is set).
+    #[command(flatten)]
+    pub aws_login: AwsLoginConfig,
 }
 
 impl ServeConfig {
@@ -114,6 +118,7 @@ impl ServeConfig {
             account_id: "000000000000".to_owned(),
             log_format: LogFormat::Human,
             master_key_file: None,
+            aws_login: AwsLoginConfig::default(),
         }
     }
 
@@ -146,6 +151,155 @@ impl ServeConfig {
             token_ok(&self.partition),
             "--partition {:?} is not a partition name",
             self.partition
+        );
+        crate::app::aws_login::AwsLogin::from_config(&self.aws_login)
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+}
+
+/// Logging in with a real AWS identity: a client signs `sts:GetCallerIdentity` with
+/// its AWS credentials and Mooring trades the proof for temporary Mooring
+/// credentials (see `app::aws_login`). Off by default.
+#[derive(Clone, clap::Args)]
+pub struct AwsLoginConfig {
+    /// Turns AWS login on: the STS endpoint login requests must be signed for and are
+    /// forwarded to (e.g. `https://sts.us-east-1.amazonaws.com/`). Nothing else is ever
+    /// forwarded.
+    #[arg(long, env = "MOORING_AWS_LOGIN_STS_ENDPOINT")]
+    pub aws_login_sts_endpoint: Option<String>,
+
+    /// The value the signed `X-Mooring-Server-ID` header of a login must carry;
+    /// required with --aws-login-sts-endpoint. It binds a signed request to this
+    /// server, so one signed for another service cannot be replayed here.
+    #[arg(long, env = "MOORING_AWS_LOGIN_SERVER_ID")]
+    pub aws_login_server_id: Option<String>,
+
+    /// The region logins sign for (their credential scope) and IAM is called in.
+    #[arg(long, env = "MOORING_AWS_LOGIN_REGION", default_value = "us-east-1")]
+    pub aws_login_region: String,
+
+    /// IAM endpoint to import the policies of mapped AWS principals from (e.g.
+    /// `https://iam.amazonaws.com/`). Without it, mappings cannot import policies.
+    #[arg(long, env = "MOORING_AWS_LOGIN_IAM_ENDPOINT")]
+    pub aws_login_iam_endpoint: Option<String>,
+
+    /// Access key id Mooring reads IAM policies with (needs iam:Get* and iam:List*).
+    #[arg(long, env = "MOORING_AWS_LOGIN_IAM_ACCESS_KEY_ID")]
+    pub aws_login_iam_access_key_id: Option<String>,
+
+    /// Its secret; prefer the environment (a command line is visible to other users).
+    #[arg(
+        long,
+        env = "MOORING_AWS_LOGIN_IAM_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub aws_login_iam_secret_access_key: Option<String>,
+
+    /// Its session token, when the IAM credentials are temporary.
+    #[arg(
+        long,
+        env = "MOORING_AWS_LOGIN_IAM_SESSION_TOKEN",
+        hide_env_values = true
+    )]
+    pub aws_login_iam_session_token: Option<String>,
+
+    /// How long one call to STS (and each IAM call) may take, in seconds.
+    #[arg(long, env = "MOORING_AWS_LOGIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub aws_login_timeout_secs: u64,
+}
+
+impl Default for AwsLoginConfig {
+    /// Off, with the flags' defaults.
+    fn default() -> Self {
+        AwsLoginConfig {
+            aws_login_sts_endpoint: None,
+            aws_login_server_id: None,
+            aws_login_region: "us-east-1".to_owned(),
+            aws_login_iam_endpoint: None,
+            aws_login_iam_access_key_id: None,
+            aws_login_iam_secret_access_key: None,
+            aws_login_iam_session_token: None,
+            aws_login_timeout_secs: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for AwsLoginConfig {
+    /// Never prints the IAM secret or token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsLoginConfig")
+            .field("aws_login_sts_endpoint", &self.aws_login_sts_endpoint)
+            .field("aws_login_server_id", &self.aws_login_server_id)
+            .field("aws_login_region", &self.aws_login_region)
+            .field("aws_login_iam_endpoint", &self.aws_login_iam_endpoint)
+            .field("aws_login_iam_access_key_id", &self.aws_login_iam_access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timing of replicated brokers (issue 5). The defaults fail over in under 3 s: a leader
+/// is missed after `heartbeat_timeout_ms`, and promotion waits until its lease, renewed
+/// every heartbeat, has run out plus `lease_drift_margin_ms`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct FailoverConfig {
+    /// Milliseconds between heartbeats of a replicated broker's agents.
+    #[arg(long, env = "MOORING_REPLICATED_HEARTBEAT_MS", default_value_t = 200)]
+    pub replicated_heartbeat_ms: u64,
+
+    /// Milliseconds without a heartbeat after which a replicated node counts as gone.
+    #[arg(long, env = "MOORING_HEARTBEAT_TIMEOUT_MS", default_value_t = 600)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Milliseconds of lease granted to a leader with each heartbeat (counted by the agent
+    /// from the heartbeat's sending).
+    #[arg(long, env = "MOORING_LEASE_MS", default_value_t = 1500)]
+    pub lease_ms: u64,
+
+    /// Milliseconds added to a lease's expiry before a follower is promoted: how far the
+    /// leader's clock may lag the control plane's over one lease.
+    #[arg(long, env = "MOORING_LEASE_DRIFT_MARGIN_MS", default_value_t = 200)]
+    pub lease_drift_margin_ms: u64,
+
+    /// Milliseconds between passes of the failover loop.
+    #[arg(long, env = "MOORING_FAILOVER_INTERVAL_MS", default_value_t = 100)]
+    pub failover_interval_ms: u64,
+
+    /// Milliseconds a switchover waits for the target to catch up with the released
+    /// leader's last position before promoting it anyway (confirmed publishes are on every
+    /// in-sync follower already; this spares clients resending the unconfirmed tail).
+    #[arg(long, env = "MOORING_SWITCHOVER_CATCH_UP_MS", default_value_t = 2000)]
+    pub switchover_catch_up_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            replicated_heartbeat_ms: 200,
+            heartbeat_timeout_ms: 600,
+            lease_ms: 1500,
+            lease_drift_margin_ms: 200,
+            failover_interval_ms: 100,
+            switchover_catch_up_ms: 2000,
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// Refuses timings under which a lease could outlive its detection unsafely or a
+    /// leader could never renew.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.replicated_heartbeat_ms > 0 && self.replicated_heartbeat_ms < self.lease_ms,
+            "--replicated-heartbeat-ms must be positive and below --lease-ms"
+        );
+        anyhow::ensure!(
+            self.heartbeat_timeout_ms > self.replicated_heartbeat_ms,
+            "--heartbeat-timeout-ms must exceed --replicated-heartbeat-ms"
+        );
+        anyhow::ensure!(
+            self.failover_interval_ms > 0,
+            "--failover-interval-ms must be positive"
         );
         Ok(())
     }

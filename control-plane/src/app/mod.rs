@@ -7,6 +7,7 @@
 //! ConflictException; so two concurrent updates never silently lose one.
 
 pub mod arn;
+pub mod aws_login;
 pub mod brokers;
 pub mod catalog;
 pub mod configurations;
@@ -44,12 +45,23 @@ pub struct AppState {
     /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
     /// channel never loses a wake-up that arrives while a pass is running.
     reconcile_wake: Arc<watch::Sender<u64>>,
+    /// Logging in with an AWS identity; `None` when off (the default).
+    pub aws_login: Option<Arc<aws_login::AwsLogin>>,
 }
 
 impl AppState {
     pub fn new(store: Store, config: ServeConfig) -> Self {
         let (wake, _) = watch::channel(0);
+        // `ServeConfig::validate` refused bad AWS login settings before `serve` got
+        // here; a test that skips it gets AWS login off, and says so.
+        let aws_login = aws_login::AwsLogin::from_config(&config.aws_login)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "AWS login is off");
+                None
+            })
+            .map(Arc::new);
         AppState {
+            aws_login,
             store,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),

@@ -438,11 +438,15 @@ async fn dispatch(
                 escape(account)
             )),
         )),
-        _ => Err(IamError(
-            StatusCode::BAD_REQUEST,
-            "InvalidAction",
-            format!("Could not find operation {action} for version 2010-05-08"),
-        )),
+        // Mooring's own actions (AWS login mappings), then nothing.
+        _ => match super::login::query_action(state, caller, action, params).await {
+            Some(response) => Ok(response),
+            None => Err(IamError(
+                StatusCode::BAD_REQUEST,
+                "InvalidAction",
+                format!("Could not find operation {action} for version 2010-05-08"),
+            )),
+        },
     }
 }
 

@@ -11,6 +11,7 @@ mod catalog;
 mod configurations;
 mod extract;
 mod iam;
+mod login;
 mod observe;
 pub mod openapi;
 mod ops;
@@ -90,6 +91,8 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(api)
+        // Outside authentication: the body (a signed STS request) is the proof.
+        .route("/v1/login/aws", post(login::login))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .layer(middleware::from_fn_with_state(
