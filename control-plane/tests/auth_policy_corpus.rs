@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use mooring_control_plane::auth::policy::{evaluate, Policy, RequestContext};
+use mooring_control_plane::auth::policy::{evaluate, Policy, PolicyIndex, RequestContext};
 use serde_json::Value;
 
 fn load() -> Vec<Value> {
@@ -14,10 +14,15 @@ fn load() -> Vec<Value> {
 }
 
 fn context(case: &Value) -> RequestContext {
+    context_without(case, |_| false)
+}
+
+/// The case's context without the keys `skip` names.
+fn context_without(case: &Value, skip: impl Fn(&str) -> bool) -> RequestContext {
     let s = |k: &str| case[k].as_str().expect("string field");
     let mut ctx = RequestContext::new(s("action"), s("resource"));
     if let Some(keys) = case["context"].as_object() {
-        for (key, value) in keys {
+        for (key, value) in keys.iter().filter(|(k, _)| !skip(k)) {
             match value {
                 Value::Array(values) => {
                     for v in values {
@@ -95,10 +100,30 @@ fn corpus_decisions_match() {
         let refs: Vec<&Policy> = policies.iter().collect();
         for case in group["cases"].as_array().expect("cases") {
             count += 1;
-            let got = evaluate(&refs, &context(case)).as_str();
+            let ctx = context(case);
+            let got = evaluate(&refs, &ctx).as_str();
             let want = case["expect"].as_str().expect("expect");
             if got != want {
                 failures.push(format!("{name}: {case} -> {got}"));
+            }
+            // The API evaluates through an index of the statements per action: it
+            // must decide the same, and when it says no statement reads resource
+            // tags, the decision must not change without them.
+            let index = PolicyIndex::new(&policies, [ctx.action()]);
+            let indexed = index.evaluate(&policies, &ctx).as_str();
+            if indexed != got {
+                failures.push(format!("{name}: {case} -> indexed {indexed}, full {got}"));
+            }
+            if !index.reads_resource_tags(ctx.action()) {
+                let untagged = context_without(case, |k| {
+                    k.to_ascii_lowercase().starts_with("aws:resourcetag/")
+                });
+                let without = evaluate(&refs, &untagged).as_str();
+                if without != got {
+                    failures.push(format!(
+                        "{name}: {case} -> {without} without resource tags, {got} with"
+                    ));
+                }
             }
         }
     }

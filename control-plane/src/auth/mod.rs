@@ -27,6 +27,7 @@
 //!    that cannot be evaluated, with the reason for MalformedPolicyDocument.
 
 pub mod actions;
+pub mod cache;
 pub mod keys;
 pub mod policy;
 pub mod sigv4;

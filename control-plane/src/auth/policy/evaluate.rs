@@ -43,7 +43,7 @@ impl Decision<'_> {
     }
 }
 
-fn action_applies(st: &Statement, ctx: &RequestContext) -> bool {
+pub(super) fn action_applies(st: &Statement, ctx: &RequestContext) -> bool {
     let hit = st
         .actions
         .iter()
@@ -76,25 +76,50 @@ fn applies(st: &Statement, ctx: &RequestContext, arn: &SplitArn<'_>) -> bool {
 /// Evaluates the request against every statement of every policy.
 pub fn evaluate<'p>(policies: &[&'p Policy], ctx: &RequestContext) -> Decision<'p> {
     let arn = SplitArn::new(ctx.resource());
+    let statements = policies
+        .iter()
+        .enumerate()
+        .flat_map(|(policy_index, policy)| {
+            policy
+                .statements
+                .iter()
+                .enumerate()
+                .map(move |(statement_index, st)| {
+                    let at = StatementRef {
+                        policy_index,
+                        statement_index,
+                        sid: st.sid.as_deref(),
+                    };
+                    (st, at)
+                })
+        });
+    resolve(statements, ctx, &arn, true)
+}
+
+/// The decision over `statements` in order: the first applicable Deny, else
+/// the first applicable Allow, else an implicit deny. `check_action` false
+/// when the caller already knows each statement's action clause applies.
+pub(super) fn resolve<'p>(
+    statements: impl Iterator<Item = (&'p Statement, StatementRef<'p>)>,
+    ctx: &RequestContext,
+    arn: &SplitArn<'_>,
+    check_action: bool,
+) -> Decision<'p> {
     let mut allowed = None;
-    for (policy_index, policy) in policies.iter().enumerate() {
-        for (statement_index, st) in policy.statements.iter().enumerate() {
-            // Once allowed, only a Deny can change the answer.
-            if allowed.is_some() && st.effect == Effect::Allow {
-                continue;
-            }
-            if !applies(st, ctx, &arn) {
-                continue;
-            }
-            let at = StatementRef {
-                policy_index,
-                statement_index,
-                sid: st.sid.as_deref(),
-            };
-            match st.effect {
-                Effect::Deny => return Decision::ExplicitDeny(at),
-                Effect::Allow => allowed = Some(at),
-            }
+    for (st, at) in statements {
+        // Once allowed, only a Deny can change the answer.
+        if allowed.is_some() && st.effect == Effect::Allow {
+            continue;
+        }
+        if check_action && !action_applies(st, ctx) {
+            continue;
+        }
+        if !(resource_applies(st, ctx, arn) && st.conditions.iter().all(|c| c.evaluate(ctx))) {
+            continue;
+        }
+        match st.effect {
+            Effect::Deny => return Decision::ExplicitDeny(at),
+            Effect::Allow => allowed = Some(at),
         }
     }
     allowed.map_or(Decision::ImplicitDeny, Decision::Allow)

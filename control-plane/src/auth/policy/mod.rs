@@ -6,6 +6,7 @@ mod condition;
 mod context;
 mod evaluate;
 mod parse;
+mod set;
 mod variables;
 pub mod wildcard;
 
@@ -14,6 +15,7 @@ pub use condition::{parse_date, Cidr};
 pub use context::RequestContext;
 pub use evaluate::{evaluate, statement_applies, Decision, StatementRef};
 pub use parse::{Effect, Policy, Statement, Version, MAX_POLICY_BYTES};
+pub use set::PolicyIndex;
 
 /// Why a policy document is refused; IAM answers MalformedPolicyDocument
 /// with this message.

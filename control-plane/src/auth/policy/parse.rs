@@ -47,6 +47,9 @@ pub struct Statement {
     pub(super) not_resource: bool,
     pub(super) resources: Vec<ResourcePattern>,
     pub(super) conditions: Vec<Condition>,
+    /// Whether any resource pattern or condition may read `aws:ResourceTag/*`
+    /// (found conservatively, by name, in every string of those elements).
+    pub(super) reads_resource_tags: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +203,10 @@ fn parse_statement(v: &Json, version: Version) -> Result<Statement, PolicyError>
         Some(c) => parse_conditions(c, version)?,
         None => Vec::new(),
     };
+    let reads_resource_tags = ["Resource", "NotResource", "Condition"]
+        .iter()
+        .filter_map(|k| obj.get(*k))
+        .any(mentions_resource_tags);
     // Principal and NotPrincipal only mean something in resource-based
     // policies; identity policies evaluated here ignore them.
     Ok(Statement {
@@ -210,7 +217,27 @@ fn parse_statement(v: &Json, version: Version) -> Result<Statement, PolicyError>
         not_resource,
         resources,
         conditions,
+        reads_resource_tags,
     })
+}
+
+/// Whether any string in `v` (object keys included) names a resource tag key,
+/// in any case: as a condition key, or as a policy variable.
+fn mentions_resource_tags(v: &Json) -> bool {
+    const NEEDLE: &[u8] = b"resourcetag";
+    let names = |s: &str| {
+        s.as_bytes()
+            .windows(NEEDLE.len())
+            .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    };
+    match v {
+        Json::String(s) => names(s),
+        Json::Array(items) => items.iter().any(mentions_resource_tags),
+        Json::Object(map) => map
+            .iter()
+            .any(|(k, v)| names(k) || mentions_resource_tags(v)),
+        _ => false,
+    }
 }
 
 impl Policy {
