@@ -97,13 +97,64 @@ pub struct ServeConfig {
     #[arg(long, env = "MOORING_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
 
+    /// Brokers under maintenance at once across the fleet (window-driven maintenance
+    /// waits for a free slot; RebootBroker does not).
+    #[arg(long, env = "MOORING_MAINTENANCE_MAX_CONCURRENT", default_value_t = 10)]
+    pub maintenance_max_concurrent: u32,
+
+    /// Start with window-driven maintenance paused (as `PUT /v1/maintenance
+    /// {"paused": true}` does; either one pauses).
+    #[arg(long, env = "MOORING_MAINTENANCE_PAUSED")]
+    pub maintenance_paused: bool,
+
+    /// TEST ONLY: a file holding a number of seconds added to the clock that maintenance
+    /// windows are read with, re-read at every use, so tests can move into a window.
+    #[arg(long, env = "MOORING_CLOCK_OFFSET_FILE", hide = true)]
+    pub clock_offset_file: Option<PathBuf>,
+
+    /// Days the audit trail keeps an event; older ones are deleted by a periodic
+    /// cleanup. 0 keeps events forever.
+    #[arg(long, env = "MOORING_AUDIT_RETENTION_DAYS", default_value_t = 90)]
+    pub audit_retention_days: u32,
+
+    /// Requests a principal may make at once before being throttled (token bucket
+    /// size); 0 disables rate limiting.
+    #[arg(long, env = "MOORING_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
+    /// Requests per second refilled into each principal's bucket; 0 disables rate
+    /// limiting.
+    #[arg(long, env = "MOORING_RATE_LIMIT_PER_SECOND", default_value_t = 15.0)]
+    pub rate_limit_per_second: f64,
+
+    /// PEM certificate chain for the API: when set (with --tls-key) the API listener
+    /// speaks HTTPS only, and local agents reach the control plane on a separate
+    /// loopback plain-HTTP listener.
+    #[arg(long, env = "MOORING_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(long, env = "MOORING_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How long, in milliseconds, a verified access key (its secret, user and policies)
+    /// is reused without reading the store. IAM writes through this process take
+    /// effect at once; this bounds how long another replica's writes take. 0 disables.
+    #[arg(long, env = "MOORING_AUTH_CACHE_TTL_MS", default_value_t = 2000)]
+    pub auth_cache_ttl_ms: u64,
+
     /// Login with a real AWS identity (off unless --aws-login-sts-endpoint is set).
     #[command(flatten)]
     pub aws_login: AwsLoginConfig,
+
+    /// Replicated brokers: heartbeats, leases, failure detection.
+    #[command(flatten)]
+    pub failover: FailoverConfig,
 }
 
 impl ServeConfig {
-    /// A configuration for tests: loopback, ephemeral port, SQLite in `data_dir`.
+    /// A configuration for tests: loopback, ephemeral port, SQLite in `data_dir`, no
+    /// rate limit.
     pub fn for_tests(data_dir: PathBuf, database_url: Option<String>) -> Self {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -118,7 +169,19 @@ impl ServeConfig {
             account_id: "000000000000".to_owned(),
             log_format: LogFormat::Human,
             master_key_file: None,
+            maintenance_max_concurrent: 10,
+            maintenance_paused: false,
+            clock_offset_file: None,
+            audit_retention_days: 90,
+            // Off: in-process tests send bursts far above a person's rate; the rate
+            // limit tests turn it on.
+            rate_limit_burst: 0,
+            rate_limit_per_second: 0.0,
+            tls_cert: None,
+            tls_key: None,
+            auth_cache_ttl_ms: 2000,
             aws_login: AwsLoginConfig::default(),
+            failover: FailoverConfig::default(),
         }
     }
 
@@ -152,8 +215,14 @@ impl ServeConfig {
             "--partition {:?} is not a partition name",
             self.partition
         );
+        anyhow::ensure!(
+            self.rate_limit_per_second.is_finite() && self.rate_limit_per_second >= 0.0,
+            "--rate-limit-per-second must be a non-negative number, got {}",
+            self.rate_limit_per_second
+        );
         crate::app::aws_login::AwsLogin::from_config(&self.aws_login)
             .map_err(anyhow::Error::msg)?;
+        self.failover.validate()?;
         Ok(())
     }
 }

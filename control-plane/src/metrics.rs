@@ -52,6 +52,10 @@ pub struct Metrics {
     api: Mutex<BTreeMap<(String, String, u16), Histogram>>,
     /// Keyed by (reconciler, outcome).
     reconcile: Mutex<BTreeMap<(String, String), Histogram>>,
+    /// Changes of leader of replicated brokers, keyed by kind (`failover`, `switchover`):
+    /// from the old leader's last sign of life (failover) or the request (switchover) to
+    /// the promotion's commit.
+    leadership: Mutex<BTreeMap<String, Histogram>>,
 }
 
 impl Metrics {
@@ -79,8 +83,36 @@ impl Metrics {
             .observe(elapsed);
     }
 
+    /// Records one change of leader of a replicated broker (`kind`: `failover` or
+    /// `switchover`).
+    pub fn leadership_changed(&self, kind: &str, elapsed: Duration) {
+        self.leadership
+            .lock()
+            .entry(kind.to_owned())
+            .or_default()
+            .observe(elapsed);
+    }
+
     pub fn render(&self, brokers: &[BrokerStateCount]) -> String {
         let mut out = String::new();
+        {
+            let leadership = self.leadership.lock();
+            out.push_str("# HELP mooring_leadership_change_duration_seconds Failovers and switchovers of replicated brokers, to the promotion's commit.\n");
+            out.push_str("# TYPE mooring_leadership_change_duration_seconds histogram\n");
+            for kind in ["failover", "switchover"] {
+                let empty = Histogram::default();
+                let h = leadership.get(kind).unwrap_or(&empty);
+                h.render(
+                    &mut out,
+                    "mooring_leadership_change_duration_seconds",
+                    &format!("kind=\"{kind}\""),
+                );
+            }
+            out.push_str("# HELP mooring_failovers_total Failovers of replicated brokers.\n");
+            out.push_str("# TYPE mooring_failovers_total counter\n");
+            let failovers = leadership.get("failover").map_or(0, |h| h.count);
+            let _ = writeln!(out, "mooring_failovers_total {failovers}");
+        }
         out.push_str("# HELP mooring_api_request_duration_seconds Public API latency by route.\n");
         out.push_str("# TYPE mooring_api_request_duration_seconds histogram\n");
         for ((method, route, status), h) in self.api.lock().iter() {
@@ -152,6 +184,16 @@ mod tests {
             "mooring_reconcile_duration_seconds_count{reconciler=\"provision\",outcome=\"ok\"} 1"
         ));
         assert!(text.contains("mooring_brokers{state=\"RUNNING\"} 4"));
+        assert!(text.contains("mooring_failovers_total 0"));
+        m.leadership_changed("failover", Duration::from_millis(1_800));
+        let text = m.render(&[]);
+        assert!(text.contains("mooring_failovers_total 1"));
+        assert!(text.contains(
+            "mooring_leadership_change_duration_seconds_bucket{kind=\"failover\",le=\"2.5\"} 1"
+        ));
+        assert!(text.contains(
+            "mooring_leadership_change_duration_seconds_bucket{kind=\"failover\",le=\"1\"} 0"
+        ));
         assert!(text.contains("mooring_brokers{state=\"DELETION_IN_PROGRESS\"} 0"));
     }
 }

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::catalog;
-use crate::plan::config::desired_config;
+use crate::plan::config::{desired_config, replication_spec};
 use crate::store::{NodeAuth, StoreError};
 
 /// The longest a node's recorded heartbeat may lag the agent's latest, when nothing else
@@ -151,6 +151,9 @@ async fn heartbeat(
 ) -> Result<Json<DesiredPointer>, AgentError> {
     let (id, auth) = authenticate(&state, &node, &headers).await?;
     let now = Utc::now();
+    if auth.replicated {
+        return replicated_heartbeat(&state, &id, &auth, &hb).await;
+    }
     let applied_changed = to_i64(hb.applied_generation) != auth.applied_generation;
     let changed = applied_changed
         || hb.engine.ready != auth.engine_ready
@@ -182,16 +185,52 @@ async fn heartbeat(
     Ok(pointer(&auth))
 }
 
+/// A replicated node's heartbeat: every one is recorded (the failover loop judges liveness
+/// by them) and answered with the lease, the recorded in-sync set and any step-down request,
+/// all from one store transaction (see `Store::replication_heartbeat`).
+async fn replicated_heartbeat(
+    state: &AppState,
+    id: &NodeId,
+    auth: &NodeAuth,
+    hb: &Heartbeat,
+) -> Result<Json<DesiredPointer>, AgentError> {
+    let lease = chrono::TimeDelta::milliseconds(
+        i64::try_from(state.config.failover.lease_ms).unwrap_or(i64::MAX),
+    );
+    let answer = state
+        .store
+        .replication_heartbeat(id, hb, lease, Utc::now())
+        .await?;
+    if to_i64(hb.applied_generation) != auth.applied_generation
+        || hb.engine.ready != auth.engine_ready
+    {
+        state.wake_reconcilers();
+    }
+    Ok(Json(DesiredPointer {
+        desired_generation: Generation(u64::try_from(answer.desired_generation).unwrap_or(0)),
+        lease: answer.lease,
+        in_sync: answer.in_sync,
+        release_lease: answer.release_lease,
+    }))
+}
+
 async fn config(
     State(state): State<AppState>,
     Path(node): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<DesiredConfig>, AgentError> {
-    let (_, auth) = authenticate(&state, &node, &headers).await?;
+    let (id, auth) = authenticate(&state, &node, &headers).await?;
     let store = &state.store;
     for _ in 0..CONFIG_READ_ATTEMPTS {
         let broker = store.broker_get(&auth.broker_id).await?;
         let users = store.user_list_desired(&auth.broker_id).await?;
+        // Replicated brokers: the epoch and leader move only with the generation (one
+        // transaction), so they are read between the two generation reads too.
+        let replication = if auth.replicated {
+            Some(replication_part(&state, &id, &auth).await?)
+        } else {
+            None
+        };
         let configuration = match &broker.configuration {
             Some((id, revision)) => {
                 Some(store.configuration_revision_get(id, *revision).await?.data)
@@ -211,12 +250,9 @@ async fn config(
                 broker.host_instance_type
             ))
         })?;
-        return Ok(Json(desired_config(
-            &broker,
-            &users,
-            instance,
-            configuration,
-        )));
+        let mut desired = desired_config(&broker, &users, instance, configuration);
+        desired.replication = replication;
+        return Ok(Json(desired));
     }
     Err(AgentError::Unavailable(
         "the configuration kept changing; retry",
@@ -252,4 +288,30 @@ async fn applied(
     }
     state.wake_reconcilers();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The node's replication spec; 503 while the broker's nodes are still being recorded.
+async fn replication_part(
+    state: &AppState,
+    id: &NodeId,
+    auth: &NodeAuth,
+) -> Result<mooring_agent_protocol::ReplicationSpec, AgentError> {
+    let leadership =
+        state
+            .store
+            .replication_get(&auth.broker_id)
+            .await?
+            .ok_or(AgentError::Unavailable(
+                "the broker's leadership is not recorded yet",
+            ))?;
+    let nodes = state.store.node_list_for_broker(&auth.broker_id).await?;
+    let secret = state
+        .master_key
+        .open(&leadership.secret_sealed)
+        .map_err(|e| {
+            AgentError::Internal(anyhow::anyhow!("opening the replication secret: {e:?}"))
+        })?;
+    replication_spec(id, &leadership, &nodes, secret).ok_or(AgentError::Unavailable(
+        "the broker's nodes are still being recorded",
+    ))
 }

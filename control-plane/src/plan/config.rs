@@ -3,8 +3,10 @@
 //! content (agents refuse a generation whose content changed).
 
 use crate::catalog::InstanceTypeSpec;
-use crate::store::{BrokerRecord, UserRecord};
-use mooring_agent_protocol::{DesiredConfig, EngineSettings, Generation, Limits, User};
+use crate::store::{BrokerRecord, NodeRecord, ReplicationRecord, UserRecord};
+use mooring_agent_protocol::{
+    DesiredConfig, EngineSettings, Generation, Limits, NodeId, Peer, ReplicationSpec, Role, User,
+};
 
 /// The only virtual host until vhosts become an API resource.
 pub const DEFAULT_VHOST: &str = "/";
@@ -50,6 +52,41 @@ pub fn desired_config(
         // Filled by the replication planner for replicated brokers (issue 5).
         replication: None,
     }
+}
+
+/// The replication part of `node`'s configuration: its role under the recorded epoch, the
+/// leader, and every node of the broker as a peer, sorted by node id. `None` while some node
+/// has no replication port yet (its row predates replication, or is being recorded): the
+/// configuration cannot be complete, and one generation must have one content.
+pub fn replication_spec(
+    node: &NodeId,
+    leadership: &ReplicationRecord,
+    nodes: &[NodeRecord],
+    secret: String,
+) -> Option<ReplicationSpec> {
+    let mut peers = nodes
+        .iter()
+        .map(|n| {
+            Some(Peer {
+                node: n.id.clone(),
+                zone: n.zone.clone(),
+                amqp_addr: n.amqp_addr(),
+                replication_addr: n.replication_addr()?,
+            })
+        })
+        .collect::<Option<Vec<Peer>>>()?;
+    peers.sort_by(|a, b| a.node.cmp(&b.node));
+    Some(ReplicationSpec {
+        epoch: leadership.epoch,
+        role: if *node == leadership.leader {
+            Role::Leader
+        } else {
+            Role::Follower
+        },
+        leader: leadership.leader.clone(),
+        peers,
+        secret,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! loop's module for what it converges.
 //!
 //! - [`provision`]: brokers' nodes: create, adopt, restart, reboot, delete; broker states.
+//! - [`maintenance`]: pending disruptive changes scheduled and applied in each broker's
+//!   weekly window, with a fleet-wide limit and pause switch.
+//! - [`failover`]: replicated brokers' leadership (failover, switchover; see [`leadership`])
+//!   and their honest status, on a short timer of its own.
 //!
 //! The driver here runs a pass on a timer and whenever the API or an agent wakes the
 //! reconcilers, skips brokers that are backing off after failures (with jitter) or that
@@ -10,6 +14,9 @@
 //! pass's outcome and duration in the metrics registry.
 
 pub mod backoff;
+pub mod maintenance;
+pub mod failover;
+pub mod leadership;
 pub mod provision;
 
 use std::future::Future;
@@ -142,19 +149,37 @@ async fn list_all(provisioner: &Provisioner) -> anyhow::Result<Vec<BrokerRecord>
 pub fn spawn(
     state: &AppState,
     listen: std::net::SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut stop_maintenance = stop.clone();
+    let maintenance = tokio::spawn(maintenance::run(state.clone(), async move {
+        let _ = stop_maintenance.wait_for(|stopped| *stopped).await;
+    }));
+    let mut tasks = spawn_node_loops(state, listen, stop);
+    tasks.push(maintenance);
+    tasks
+}
+
+/// The loops that act on nodes (provisioning, and failover where present).
+fn spawn_node_loops(
+    state: &AppState,
+    listen: std::net::SocketAddr,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let config = &state.config;
     let provider: Arc<dyn Provider> = match config.provider {
         crate::config::ProviderKind::Local => {
-            let local = crate::provider::local::LocalConfig::new(
+            let mut local = crate::provider::local::LocalConfig::new(
                 config.agent_binary(),
                 &config.database.data_dir,
                 agent_url(listen),
             );
+            local.replicated_heartbeat_interval =
+                Duration::from_millis(config.failover.replicated_heartbeat_ms);
             Arc::new(crate::provider::local::LocalProvider::new(local))
         }
     };
+    let mut stop_failover = stop.clone();
     let shutdown = async move {
         // Ends on `true` or when the sender is dropped.
         let _ = stop.wait_for(|stopped| *stopped).await;
@@ -165,7 +190,10 @@ pub fn spawn(
         config.region.clone(),
         shutdown,
     ));
-    vec![task]
+    let failover = tokio::spawn(failover::run(state.clone(), async move {
+        let _ = stop_failover.wait_for(|stopped| *stopped).await;
+    }));
+    vec![task, failover]
 }
 
 /// The URL agents on this machine use to reach the control plane: loopback when it listens

@@ -329,6 +329,19 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
+    /// The nodes of every replicated broker, by broker then ordinal (one query: the failover
+    /// loop reads them several times a second).
+    pub async fn node_list_replicated(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM broker_nodes WHERE broker_id IN \
+             (SELECT broker_id FROM broker_replication) ORDER BY broker_id, ordinal"
+        );
+        let rows: Vec<NodeRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).fetch_all(pool).await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
     /// Every recorded node id (to find data the provider holds for nodes nobody recorded).
     pub async fn node_ids(&self) -> Result<Vec<NodeId>, StoreError> {
         let ids: Vec<String> = with_pool!(self, pool => {

@@ -14,7 +14,7 @@ use sqlx::FromRow;
 
 use super::events::{insert_event, kind, NewEvent};
 use super::nodes::role_str;
-use super::{with_pool, BrokerId, NodeRecord, Store, StoreError};
+use super::{with_pool, BrokerId, Store, StoreError};
 use crate::model::BrokerState;
 
 /// A replicated broker's leadership as recorded.
@@ -223,15 +223,6 @@ impl Store {
             sqlx::query_as(&sql).fetch_all(pool).await?
         });
         rows.into_iter().map(TryInto::try_into).collect()
-    }
-
-    /// The nodes of every replicated broker, by broker then ordinal.
-    pub async fn replication_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let mut nodes = Vec::new();
-        for broker in self.replication_list().await? {
-            nodes.extend(self.node_list_for_broker(&broker.broker_id).await?);
-        }
-        Ok(nodes)
     }
 
     /// Records a replicated node's heartbeat and answers it, in one transaction: liveness and
