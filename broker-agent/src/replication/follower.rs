@@ -101,36 +101,24 @@ async fn session(
         Msg::Refuse { reason } => bail!("leader refused: {reason}"),
         other => bail!("expected a challenge, got {other:?}"),
     };
-    let seen = hub.epoch();
-    if epoch < seen {
-        wire::write_msg(
-            &mut wr,
-            &Msg::Refuse {
-                reason: "your epoch is older than one I have seen",
-            },
-        )
-        .await?;
-        bail!(
-            "leader {} is at epoch {epoch}, older than {seen}: refused",
-            target.leader
-        );
-    }
-    hub.observe_epoch(epoch);
+    let seen = hub.observe_epoch(epoch);
     let me = hub.me().0.clone();
     let my_nonce = auth::nonce();
     let mac = auth::sign(
         &target.secret,
         Side::Follower,
         &nonce,
-        seen.max(epoch),
+        seen,
         &target.leader,
         &me,
     );
     let resume = hub.resume_key();
+    // Sent even to a leader of an older epoch: the signed hello tells it that a newer epoch
+    // exists, so it fences itself at once.
     wire::write_msg(
         &mut wr,
         &Msg::Hello {
-            epoch: seen.max(epoch),
+            epoch: seen,
             node: &me,
             nonce: my_nonce,
             mac,
@@ -138,6 +126,12 @@ async fn session(
         },
     )
     .await?;
+    if epoch < seen {
+        bail!(
+            "leader {} is at epoch {epoch}, older than {seen}: refused",
+            target.leader
+        );
+    }
     let body = tokio::time::timeout(super::leader::HANDSHAKE_TIMEOUT, wire::read_frame(&mut rd))
         .await
         .context("handshake timed out")??;

@@ -34,3 +34,6 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,6 +90,24 @@ pub struct BrokerInstance {
     pub endpoints: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
+    /// Mooring extension: the node behind this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Mooring extension: the node's availability zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// Mooring extension, replicated brokers: `LEADER` or `FOLLOWER` (the leader is listed
+    /// first; followers refuse AMQP clients, naming the leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Why a broker is CRITICAL_ACTION_REQUIRED (Amazon MQ's `ActionRequired`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRequired {
+    pub action_required_code: String,
+    pub action_required_info: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -113,6 +131,9 @@ pub struct LogsSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DescribeBrokerResponse {
+    /// Amazon MQ's member: why the broker is CRITICAL_ACTION_REQUIRED.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions_required: Vec<ActionRequired>,
     pub authentication_strategy: AuthenticationStrategy,
     pub auto_minor_version_upgrade: bool,
     pub broker_arn: String,

@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::store::{
     BrokerId, BrokerRecord, BrokerSpecUpdate, ConfigurationId, Constraint, NewBroker, NewUser,
-    NodeRecord, ObservedState, StoreError, UserRecord,
+    NodeRecord, ObservedState, ReplicationRecord, StoreError, UserRecord,
 };
 
 /// Default page size of ListBrokers (Amazon MQ's).
@@ -29,6 +29,11 @@ pub struct BrokerInstanceView {
     pub console_url: Option<String>,
     pub endpoints: Vec<String>,
     pub ip_address: Option<String>,
+    /// Mooring extensions (AWS SDKs ignore unknown members): the node, its zone and, for
+    /// replicated brokers, its role under the current epoch.
+    pub node_id: String,
+    pub availability_zone: String,
+    pub role: Option<&'static str>,
 }
 
 /// Everything DescribeBroker shows.
@@ -38,6 +43,8 @@ pub struct BrokerView {
     pub users: Vec<UserRecord>,
     pub tags: BTreeMap<String, String>,
     pub instances: Vec<BrokerInstanceView>,
+    /// `actionsRequired`: why the broker is CRITICAL_ACTION_REQUIRED, as (code, info).
+    pub actions_required: Vec<(String, String)>,
 }
 
 pub(super) fn broker_not_found(id: &str) -> ApiError {
@@ -356,26 +363,56 @@ pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, A
         Err(StoreError::NotFound(_)) => return Err(broker_not_found(broker_id.as_str())),
         Err(e) => return Err(e.into()),
     };
+    let leadership = state.store.replication_get(&broker_id).await?;
+    let actions_required = actions_required(&detail.broker, leadership.as_ref());
     Ok(BrokerView {
         broker: detail.broker,
         users: detail.users,
         tags: detail.tags,
-        instances: broker_instances(nodes?),
+        instances: broker_instances(nodes?, leadership.as_ref()),
+        actions_required,
     })
 }
 
 /// The broker's nodes as DescribeBroker shows them: every node that has been started
-/// (its ports are fixed at provisioning), none while pending or being removed.
-fn broker_instances(nodes: Vec<NodeRecord>) -> Vec<BrokerInstanceView> {
-    nodes
+/// (its ports are fixed at provisioning), none while pending or being removed. For a
+/// replicated broker the leader of the current epoch comes first, with its role, so clients
+/// taking the first endpoint reach it.
+fn broker_instances(
+    nodes: Vec<NodeRecord>,
+    leadership: Option<&ReplicationRecord>,
+) -> Vec<BrokerInstanceView> {
+    let mut instances: Vec<BrokerInstanceView> = nodes
         .into_iter()
         .filter(|n| !matches!(n.observed, ObservedState::Pending | ObservedState::Deleting))
         .map(|n| BrokerInstanceView {
             console_url: Some(n.console_url()),
             endpoints: vec![n.amqp_endpoint()],
             ip_address: Some(n.host.clone()),
+            role: leadership.map(|l| if l.leader == n.id { "LEADER" } else { "FOLLOWER" }),
+            node_id: n.id.0,
+            availability_zone: n.zone,
         })
-        .collect()
+        .collect();
+    // Stable: followers keep their ordinal order.
+    instances.sort_by_key(|i| i.role != Some("LEADER"));
+    instances
+}
+
+/// Amazon MQ's `actionsRequired` for a broker in CRITICAL_ACTION_REQUIRED: the reason the
+/// failover loop recorded.
+fn actions_required(
+    broker: &BrokerRecord,
+    leadership: Option<&ReplicationRecord>,
+) -> Vec<(String, String)> {
+    if broker.state != BrokerState::CriticalActionRequired {
+        return Vec::new();
+    }
+    leadership
+        .and_then(|l| l.action_required.as_deref())
+        .and_then(crate::plan::failover::ActionRequired::from_code)
+        .map(|a| vec![(a.code().to_owned(), a.info().to_owned())])
+        .unwrap_or_default()
 }
 
 pub async fn list_brokers(

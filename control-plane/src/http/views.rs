@@ -34,6 +34,14 @@ pub fn user_summary(u: &UserRecord) -> api::UserSummary {
 pub fn describe_broker(v: BrokerView) -> api::DescribeBrokerResponse {
     let b = v.broker;
     api::DescribeBrokerResponse {
+        actions_required: v
+            .actions_required
+            .into_iter()
+            .map(|(code, info)| api::ActionRequired {
+                action_required_code: code,
+                action_required_info: info,
+            })
+            .collect(),
         authentication_strategy: b.authentication_strategy,
         auto_minor_version_upgrade: b.auto_minor_version_upgrade,
         broker_arn: b.arn.clone(),
@@ -45,6 +53,9 @@ pub fn describe_broker(v: BrokerView) -> api::DescribeBrokerResponse {
                 console_url: i.console_url,
                 endpoints: i.endpoints,
                 ip_address: i.ip_address,
+                node_id: Some(i.node_id),
+                availability_zone: Some(i.availability_zone),
+                role: i.role.map(str::to_owned),
             })
             .collect(),
         broker_name: b.name.clone(),
