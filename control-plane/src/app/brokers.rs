@@ -12,8 +12,7 @@ use crate::catalog;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::model::{
-    AuthenticationStrategy, BrokerState, DataReplicationMode, DayOfWeek, DeploymentMode,
-    EngineType, StorageType,
+    AuthenticationStrategy, BrokerState, DataReplicationMode, DayOfWeek, EngineType, StorageType,
 };
 use crate::store::{
     BrokerId, BrokerRecord, BrokerSpecUpdate, ConfigurationId, Constraint, NewBroker, NewUser,

@@ -233,6 +233,13 @@ impl ActionRequired {
         }
     }
 
+    /// The entry an `actionRequiredCode` stands for (as the failover loop records it).
+    pub fn from_code(code: &str) -> Option<Self> {
+        [ActionRequired::RedundancyLost, ActionRequired::NoLeader]
+            .into_iter()
+            .find(|a| a.code() == code)
+    }
+
     /// `actionRequiredInfo`.
     pub fn info(self) -> &'static str {
         match self {
