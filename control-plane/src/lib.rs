@@ -97,7 +97,13 @@ fn spawn_background(
     listen: std::net::SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    reconcile::spawn(state, listen, stop)
+    let sessions = tokio::spawn(app::sessions::cleanup_loop(
+        state.store.clone(),
+        stop.clone(),
+    ));
+    let mut tasks = reconcile::spawn(state, listen, stop);
+    tasks.push(sessions);
+    tasks
 }
 
 /// Routes served beside the public API: the agent API.

@@ -14,6 +14,7 @@ pub mod configurations;
 pub mod paging;
 pub mod password;
 pub mod principals;
+pub mod roles;
 pub mod sessions;
 pub mod tags;
 pub mod users;

@@ -191,8 +191,8 @@ pub async fn issue_session_at(
     );
     let secret_access_key = keys::new_secret_access_key();
     let session_token = new_session_token();
-    let expiration = now
-        + chrono::Duration::from_std(duration).expect("a session of at most 12 h fits chrono");
+    let expiration =
+        now + chrono::Duration::from_std(duration).expect("a session of at most 12 h fits chrono");
     let (account_id, role_id, user_id, arn, principal_id) = match principal {
         SessionPrincipal::Role { role, session_name } => (
             role.entity.account_id.clone(),

@@ -112,16 +112,7 @@ impl VerifiedCaller {
         resource: &str,
         extend: impl FnOnce(&mut RequestContext),
     ) -> Decision<'_> {
-        let mut ctx = RequestContext::new(action, resource);
-        ctx.set_current_time(Utc::now()).set_secure_transport(false);
-        match self.session.as_ref().and_then(|s| s.role.as_ref()) {
-            // A role session has no aws:username; aws:PrincipalArn is the role's ARN.
-            Some(role) => ctx.set_principal(None, &self.user.id, &role.arn),
-            None => ctx.set_principal(Some(&self.user.name), &self.user.id, &self.user.arn),
-        };
-        for (key, value) in &self.tags {
-            ctx.set_principal_tag(key, value);
-        }
+        let mut ctx = self.context(action, resource);
         extend(&mut ctx);
         let policies: Vec<&Policy> = self.policies.iter().collect();
         let decision = evaluate(&policies, &ctx);
@@ -133,6 +124,23 @@ impl VerifiedCaller {
             },
             _ => decision,
         }
+    }
+
+    /// The context every decision about this caller starts from: the time, the
+    /// transport, the principal's keys and tags, the source address. Also what a
+    /// role's trust policy is evaluated against.
+    pub fn context(&self, action: &str, resource: &str) -> RequestContext {
+        let mut ctx = RequestContext::new(action, resource);
+        ctx.set_current_time(Utc::now()).set_secure_transport(false);
+        match self.session.as_ref().and_then(|s| s.role.as_ref()) {
+            // A role session has no aws:username; aws:PrincipalArn is the role's ARN.
+            Some(role) => ctx.set_principal(None, &self.user.id, &role.arn),
+            None => ctx.set_principal(Some(&self.user.name), &self.user.id, &self.user.arn),
+        };
+        for (key, value) in &self.tags {
+            ctx.set_principal_tag(key, value);
+        }
+        ctx
     }
 }
 

@@ -5,7 +5,6 @@
 //! on the ARN of the entity it names, like the Amazon MQ operations.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Form, State};
@@ -22,10 +21,10 @@ use crate::store::{Constraint, IamEntityRecord, PrincipalKind, StoreError};
 const XMLNS: &str = "https://iam.amazonaws.com/doc/2010-05-08/";
 
 /// An IAM error: HTTP status, IAM's code, and the message for the client.
-struct IamError(StatusCode, &'static str, String);
+pub(super) struct IamError(pub(super) StatusCode, pub(super) &'static str, pub(super) String);
 
 impl IamError {
-    fn no_such_user(name: &str) -> Self {
+    pub(super) fn no_such_user(name: &str) -> Self {
         IamError(
             StatusCode::NOT_FOUND,
             "NoSuchEntity",
@@ -33,7 +32,7 @@ impl IamError {
         )
     }
 
-    fn missing(param: &str) -> Self {
+    pub(super) fn missing(param: &str) -> Self {
         IamError(
             StatusCode::BAD_REQUEST,
             "ValidationError",
@@ -56,7 +55,7 @@ impl From<StoreError> for IamError {
     }
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -83,7 +82,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 }
 
 /// IAM's success document: `<{action}Response>`, the result (if any), metadata.
-fn success(action: &str, result: Option<String>) -> Response {
+pub(super) fn success(action: &str, result: Option<String>) -> Response {
     let result = result
         .map(|r| format!("<{action}Result>{r}</{action}Result>"))
         .unwrap_or_default();
@@ -97,11 +96,11 @@ fn success(action: &str, result: Option<String>) -> Response {
     )
 }
 
-fn date(t: DateTime<Utc>) -> String {
+pub(super) fn date(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn user_xml(u: &IamEntityRecord) -> String {
+pub(super) fn user_xml(u: &IamEntityRecord) -> String {
     format!(
         "<Path>{}</Path><UserName>{}</UserName><UserId>{}</UserId><Arn>{}</Arn>\
          <CreateDate>{}</CreateDate>",
@@ -124,7 +123,10 @@ pub async fn query(
     }
 }
 
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, IamError> {
+pub(super) fn param<'a>(
+    params: &'a HashMap<String, String>,
+    name: &str,
+) -> Result<&'a str, IamError> {
     params
         .get(name)
         .map(String::as_str)
@@ -133,7 +135,7 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str,
 }
 
 /// Refuses a policy document that cannot be evaluated, as IAM does at write time.
-fn validate(document: &str) -> Result<(), IamError> {
+pub(super) fn validate(document: &str) -> Result<(), IamError> {
     Policy::parse(document)
         .map(|_| ())
         .map_err(|e: PolicyError| {
@@ -142,7 +144,7 @@ fn validate(document: &str) -> Result<(), IamError> {
 }
 
 /// A taken name is EntityAlreadyExists; anything else is the store's failure.
-fn taken(e: StoreError, what: &str, name: &str) -> IamError {
+pub(super) fn taken(e: StoreError, what: &str, name: &str) -> IamError {
     match e {
         StoreError::Constraint(Constraint::IamEntityName) => IamError(
             StatusCode::CONFLICT,
@@ -154,7 +156,11 @@ fn taken(e: StoreError, what: &str, name: &str) -> IamError {
 }
 
 /// Refuses the action unless the caller's policies allow it on `resource`.
-fn authorize(caller: &VerifiedCaller, action: &str, resource: &str) -> Result<(), IamError> {
+pub(super) fn authorize(
+    caller: &VerifiedCaller,
+    action: &str,
+    resource: &str,
+) -> Result<(), IamError> {
     let decision = caller.decide(action, resource, |_| {});
     tracing::debug!(principal = %caller.user.arn, action, resource, decision = decision.as_str(), "authorization");
     match decision {
@@ -176,6 +182,13 @@ async fn dispatch(
     params: &HashMap<String, String>,
 ) -> Result<Response, IamError> {
     let action = param(params, "Action")?;
+    // Roles, STS and tags; the rest of the user, group and policy actions, with paging.
+    if let Some(result) = super::iam_roles::dispatch(state, caller, action, params).await {
+        return result;
+    }
+    if let Some(result) = super::iam_manage::dispatch(state, caller, action, params).await {
+        return result;
+    }
     let config = &state.config;
     let account = caller.user.account_id.as_str();
     let user_arn = |name: &str| principals::iam_arn(&config.partition, account, "user", "/", name);
@@ -237,20 +250,6 @@ async fn dispatch(
                 Some(format!("<User>{}</User>", user_xml(&user))),
             ))
         }
-        "ListUsers" => {
-            authorize(caller, &iam_action, "*")?;
-            let users = store.iam_entity_list(PrincipalKind::User, account).await?;
-            let mut members = String::new();
-            for u in &users {
-                let _ = write!(members, "<member>{}</member>", user_xml(u));
-            }
-            Ok(success(
-                action,
-                Some(format!(
-                    "<Users>{members}</Users><IsTruncated>false</IsTruncated>"
-                )),
-            ))
-        }
         "CreateAccessKey" => {
             let name = target_user(false)?;
             authorize(caller, &iam_action, &user_arn(&name))?;
@@ -276,29 +275,6 @@ async fn dispatch(
                     principals::KEY_ACTIVE,
                     escape(&key.secret_access_key),
                     date(Utc::now())
-                )),
-            ))
-        }
-        "ListAccessKeys" => {
-            let name = target_user(false)?;
-            authorize(caller, &iam_action, &user_arn(&name))?;
-            let user = find_user(name).await?;
-            let mut members = String::new();
-            for k in store.access_key_list(&user.id).await? {
-                let _ = write!(
-                    members,
-                    "<member><UserName>{}</UserName><AccessKeyId>{}</AccessKeyId>\
-                     <Status>{}</Status><CreateDate>{}</CreateDate></member>",
-                    escape(&user.name),
-                    escape(&k.access_key_id),
-                    escape(&k.status),
-                    date(k.created_at)
-                );
-            }
-            Ok(success(
-                action,
-                Some(format!(
-                    "<AccessKeyMetadata>{members}</AccessKeyMetadata><IsTruncated>false</IsTruncated>"
                 )),
             ))
         }

@@ -11,6 +11,8 @@ mod catalog;
 mod configurations;
 mod extract;
 mod iam;
+mod iam_manage;
+mod iam_roles;
 mod login;
 mod observe;
 pub mod openapi;

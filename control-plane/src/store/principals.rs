@@ -455,7 +455,11 @@ impl Store {
             (keys, inline, attached, members)
         });
         Ok(PrincipalUsage {
-            access_keys: if kind == PrincipalKind::User { access_keys } else { 0 },
+            access_keys: if kind == PrincipalKind::User {
+                access_keys
+            } else {
+                0
+            },
             inline_policies,
             attached_policies,
             memberships,
@@ -488,7 +492,11 @@ impl Store {
     }
 
     /// Removes a user from a group; `NotFound` when not a member.
-    pub async fn iam_group_remove_user(&self, group_id: &str, user_id: &str) -> Result<(), StoreError> {
+    pub async fn iam_group_remove_user(
+        &self,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<(), StoreError> {
         let _changed = crate::auth::cache::IamWrite;
         let affected = with_pool!(self, pool => {
             sqlx::query("DELETE FROM iam_group_members WHERE group_id = $1 AND user_id = $2")
@@ -505,7 +513,10 @@ impl Store {
     }
 
     /// The groups a user belongs to, by name.
-    pub async fn iam_groups_for_user(&self, user_id: &str) -> Result<Vec<IamEntityRecord>, StoreError> {
+    pub async fn iam_groups_for_user(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<IamEntityRecord>, StoreError> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT g.id, g.account_id, g.name, g.path, g.arn, g.created_at \
@@ -519,7 +530,10 @@ impl Store {
     }
 
     /// The users in a group, by name.
-    pub async fn iam_group_users(&self, group_id: &str) -> Result<Vec<IamEntityRecord>, StoreError> {
+    pub async fn iam_group_users(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<IamEntityRecord>, StoreError> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT u.id, u.account_id, u.name, u.path, u.arn, u.created_at \
@@ -696,7 +710,10 @@ impl Store {
     }
 
     /// One managed policy by ARN, with its attachment count.
-    pub async fn managed_policy_get(&self, arn: &str) -> Result<Option<ManagedPolicyRecord>, StoreError> {
+    pub async fn managed_policy_get(
+        &self,
+        arn: &str,
+    ) -> Result<Option<ManagedPolicyRecord>, StoreError> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT p.id, p.account_id, p.name, p.path, p.arn, p.created_at, p.document, \

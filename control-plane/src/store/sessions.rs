@@ -76,7 +76,8 @@ impl Store {
         account_id: &str,
         name: &str,
     ) -> Result<Option<RoleRecord>, StoreError> {
-        let sql = format!("SELECT {ROLE_COLUMNS} FROM iam_roles WHERE account_id = $1 AND name = $2");
+        let sql =
+            format!("SELECT {ROLE_COLUMNS} FROM iam_roles WHERE account_id = $1 AND name = $2");
         Ok(with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(account_id).bind(name).fetch_optional(pool).await?
         }))
@@ -110,8 +111,27 @@ impl Store {
         }))
     }
 
+    /// Replaces a role's trust policy (validated by the caller).
+    pub async fn role_set_trust_policy(&self, id: &str, document: &str) -> Result<(), StoreError> {
+        let affected = with_pool!(self, pool => {
+            sqlx::query("UPDATE iam_roles SET assume_role_policy = $2 WHERE id = $1")
+                .bind(id)
+                .bind(document)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if affected == 0 {
+            return Err(StoreError::NotFound("role"));
+        }
+        Ok(())
+    }
+
     /// Every policy document that applies to a role: its inline and attached policies.
-    pub async fn policy_documents_for_role(&self, role_id: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn policy_documents_for_role(
+        &self,
+        role_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
         Ok(with_pool!(self, pool => {
             sqlx::query_scalar(
                 "SELECT document FROM iam_inline_policies \
@@ -152,7 +172,10 @@ impl Store {
     }
 
     /// The session behind a temporary access key id, expired or not.
-    pub async fn session_get(&self, access_key_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    pub async fn session_get(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM iam_sessions WHERE access_key_id = $1");
         Ok(with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(access_key_id).fetch_optional(pool).await?
