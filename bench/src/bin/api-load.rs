@@ -8,8 +8,9 @@
 //! `content-length`, and a full client would cost more CPU per request than the parsing
 //! we need.
 //!
-//! Requests are signed with SigV4 (service `mq`) when credentials are given, with the
-//! control plane's own signer, so the server's verification is part of what is measured.
+//! Requests are signed with SigV4 (service `mq`) when credentials are given (the signer
+//! is `mooring_bench::sigv4`, so this binary does not build the control plane), so the
+//! server's verification is part of what is measured.
 //!
 //! Output: one line per operation, for `bench/run-api.sh` to read:
 //! `result OP REQ_PER_S P50_MS P99_MS CLIENT_CPU_US_PER_REQ SERVER_CPU_US_PER_REQ`.
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use mooring_bench::cpu::process_cpu_time;
-use mooring_control_plane::auth::sigv4::{sign_request, SigningParams};
+use mooring_bench::sigv4::Signer;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
@@ -139,20 +140,19 @@ impl Conn {
         }
         if let Some(c) = &self.credentials {
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let signed = sign_request(
+            let signer = Signer {
+                access_key_id: &c.access_key_id,
+                secret_access_key: &c.secret_access_key,
+                region: &self.region,
+                service: "mq",
+            };
+            let signed = signer.sign(
                 method,
                 path,
                 query,
                 &[("host", &self.host)],
                 body,
-                &SigningParams {
-                    access_key_id: &c.access_key_id,
-                    secret_access_key: &c.secret_access_key,
-                    session_token: None,
-                    region: &self.region,
-                    service: "mq",
-                    time: chrono::Utc::now(),
-                },
+                chrono::Utc::now(),
             );
             for (name, value) in signed {
                 write!(self.head, "{name}: {value}\r\n")?;
