@@ -211,6 +211,72 @@ pub fn decide_leadership(
     }
 }
 
+/// Whether the provisioner may (re)start a replicated broker's node now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartGate {
+    Go,
+    /// Another node is not back in sync yet, followers go first, or a failover must
+    /// happen before the dead leader is started again.
+    Wait,
+    /// The node leads and is due for a planned restart: switch over first.
+    SwitchOverFirst,
+}
+
+/// Why the provisioner wants to act on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartCause {
+    /// Its process is gone.
+    Dead,
+    /// A reboot (RebootBroker, maintenance) is due for it.
+    Reboot,
+    /// It is running but silent for too long (hung): restart at once.
+    Hung,
+}
+
+/// The rolling-restart rule of replicated brokers (issue 5, DESIGN.md "Patch"): one node at a
+/// time, each waited on until it is back alive and in sync, followers before the leader, the
+/// leader only after a switchover (promote before stop). A dead leader is started again only
+/// when no follower can take over: otherwise the failover comes first and it rejoins as a
+/// follower. `due` lists the nodes still waiting for the reboot.
+pub fn restart_gate(
+    node: &NodeId,
+    cause: RestartCause,
+    nodes: &[ReplicaFacts],
+    due: &[NodeId],
+    policy: &FailoverPolicy,
+    now: DateTime<Utc>,
+) -> RestartGate {
+    let is_leader = nodes
+        .iter()
+        .any(|n| &n.id == node && n.role == Role::Leader);
+    match cause {
+        RestartCause::Hung => RestartGate::Go,
+        RestartCause::Dead if is_leader => {
+            if best_candidate(nodes, policy, now).is_ok() {
+                RestartGate::Wait
+            } else {
+                RestartGate::Go
+            }
+        }
+        RestartCause::Dead => RestartGate::Go,
+        RestartCause::Reboot => {
+            let others_in_sync = nodes
+                .iter()
+                .filter(|n| &n.id != node)
+                .all(|n| n.in_sync && alive(n, policy, now));
+            if !others_in_sync {
+                RestartGate::Wait
+            } else if !is_leader {
+                RestartGate::Go
+            } else if due.iter().any(|d| d != node) {
+                RestartGate::Wait
+            } else {
+                RestartGate::SwitchOverFirst
+            }
+        }
+    }
+}
+
 /// Why a broker shows CRITICAL_ACTION_REQUIRED: one `actionsRequired` entry. The codes are
 /// Mooring's own (Amazon MQ's documented codes name RabbitMQ alarms), prefixed so that no
 /// one mistakes them for Amazon's.
@@ -721,6 +787,100 @@ mod tests {
         for (why, replicated, nodes, lease, want) in cases {
             assert_eq!(
                 honest_status(replicated, &nodes, lease, &p, now()),
+                want,
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn rolling_restart_gates() {
+        use RestartCause::*;
+        use RestartGate::*;
+        let p = FailoverPolicy::default();
+        let healthy = vec![
+            node("a", "z-a", L, true, (3, 10), Some(100)),
+            node("b", "z-b", F, true, (3, 10), Some(100)),
+            node("c", "z-c", F, true, (3, 10), Some(100)),
+        ];
+        let mut b_catching_up = healthy.clone();
+        b_catching_up[1].in_sync = false;
+        let mut b_silent = healthy.clone();
+        b_silent[1].last_heartbeat = Some(now() - ms(5_000));
+        let mut only_leader = healthy.clone();
+        only_leader[1].in_sync = false;
+        only_leader[2].in_sync = false;
+        let all = [id("a"), id("b"), id("c")];
+        let cases: Vec<(
+            &str,
+            &str,
+            RestartCause,
+            &Vec<ReplicaFacts>,
+            &[NodeId],
+            RestartGate,
+        )> = vec![
+            ("a follower first", "b", Reboot, &healthy, &all, Go),
+            (
+                "the leader waits for the followers",
+                "a",
+                Reboot,
+                &healthy,
+                &all,
+                Wait,
+            ),
+            (
+                "then switches over",
+                "a",
+                Reboot,
+                &healthy,
+                &[id("a")],
+                SwitchOverFirst,
+            ),
+            (
+                "the next follower waits until the first is back in sync",
+                "c",
+                Reboot,
+                &b_catching_up,
+                &[id("a"), id("c")],
+                Wait,
+            ),
+            (
+                "or back alive",
+                "c",
+                Reboot,
+                &b_silent,
+                &[id("a"), id("c")],
+                Wait,
+            ),
+            (
+                "a dead leader waits for the failover",
+                "a",
+                Dead,
+                &healthy,
+                &[],
+                Wait,
+            ),
+            (
+                "a dead leader nobody can replace is started",
+                "a",
+                Dead,
+                &only_leader,
+                &[],
+                Go,
+            ),
+            ("a dead follower is started", "b", Dead, &healthy, &[], Go),
+            (
+                "a hung node is restarted at once",
+                "a",
+                Hung,
+                &healthy,
+                &[],
+                Go,
+            ),
+        ];
+        for (why, n, cause, nodes, due, want) in cases {
+            assert_eq!(
+                restart_gate(&id(n), cause, nodes, due, &p, now()),
                 want,
                 "{why}"
             );

@@ -25,11 +25,17 @@ use crate::app::AppState;
 use crate::http::agent::token_hash;
 use crate::model::BrokerState;
 use crate::plan::broker::{broker_step, serves, BrokerFacts, BrokerStep};
+use crate::plan::failover::{restart_gate, RestartCause, RestartGate};
 use crate::plan::nodes::{
     desired_nodes, node_action, node_ready, DesiredNode, NodeAction, NodeFacts, NodeGoal,
 };
 use crate::provider::{NodeSpec, ProcessState, Provider, StartOutcome};
-use crate::store::{BrokerId, BrokerRecord, NewNode, NodeRecord, ObservedState, StoreError};
+use crate::reconcile::leadership::{replica_facts, Timing};
+use crate::store::events::kind;
+use crate::store::{
+    BrokerId, BrokerRecord, NewEvent, NewNode, NodeRecord, ObservedState, ReplicationRecord,
+    StoreError,
+};
 
 /// An agent that exits sooner than this after its start is crash-looping.
 const CRASH_LOOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
@@ -88,6 +94,14 @@ impl Provisioner {
             Vec::new()
         };
 
+        // 0. Replicated brokers: their leadership (epoch 1, the first node leading, every node
+        // in sync while all are empty) and secret are recorded before any node.
+        let leadership = if serve && desired.len() > 1 {
+            Some(self.ensure_leadership(broker, &desired).await?)
+        } else {
+            None
+        };
+
         // 1. Record planned nodes that have no row yet (before anything exists for them).
         let mut nodes = store.node_list_for_broker(&broker.id).await?;
         let mut progressed = false;
@@ -95,7 +109,8 @@ impl Provisioner {
             if nodes.iter().any(|n| n.id == planned.id) {
                 continue;
             }
-            self.record_node(broker, planned).await?;
+            self.record_node(broker, planned, leadership.is_some())
+                .await?;
             progressed = true;
         }
         if progressed {
@@ -129,7 +144,13 @@ impl Provisioner {
             };
             let ready = wanted && node_ready(&facts, reboot_generation, now);
             all_ready &= ready;
-            match node_action(goal, &facts, now) {
+            let mut action = node_action(goal, &facts, now);
+            if let (Some(l), true) = (&leadership, wanted) {
+                action = self
+                    .gate_replicated(broker, l, &nodes, node, action, reboot_generation)
+                    .await?;
+            }
+            match action {
                 NodeAction::Nothing => {
                     // A crash between a start and its record leaves `unknown`; the process
                     // is there and serving, so record it as ours.
@@ -236,6 +257,93 @@ impl Provisioner {
         })
     }
 
+    /// The replicated broker's leadership record, created on first sight.
+    async fn ensure_leadership(
+        &self,
+        broker: &BrokerRecord,
+        desired: &[DesiredNode],
+    ) -> anyhow::Result<ReplicationRecord> {
+        if let Some(existing) = self.state.store.replication_get(&broker.id).await? {
+            return Ok(existing);
+        }
+        let ids: Vec<NodeId> = desired.iter().map(|d| d.id.clone()).collect();
+        let secret = self.state.master_key.seal(&new_token());
+        Ok(self
+            .state
+            .store
+            .replication_ensure(&broker.id, &ids[0], &ids, &secret, Utc::now())
+            .await?)
+    }
+
+    /// A replicated broker's nodes restart one at a time, followers first, the leader after
+    /// a switchover; a dead leader waits for the failover (see `plan::failover::restart_gate`).
+    async fn gate_replicated(
+        &self,
+        broker: &BrokerRecord,
+        leadership: &ReplicationRecord,
+        nodes: &[NodeRecord],
+        node: &NodeRecord,
+        action: NodeAction,
+        reboot_generation: i64,
+    ) -> anyhow::Result<NodeAction> {
+        let cause = match action {
+            NodeAction::Start => RestartCause::Dead,
+            NodeAction::Restart if node.restart_generation < reboot_generation => {
+                RestartCause::Reboot
+            }
+            NodeAction::Restart => RestartCause::Hung,
+            other => return Ok(other),
+        };
+        let now = Utc::now();
+        let timing = Timing::from_config(&self.state.config.failover);
+        let facts = replica_facts(leadership, nodes);
+        let due: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| n.restart_generation < reboot_generation)
+            .map(|n| n.id.clone())
+            .collect();
+        Ok(
+            match restart_gate(&node.id, cause, &facts, &due, &timing.policy, now) {
+                RestartGate::Go => {
+                    if cause == RestartCause::Reboot {
+                        let event = NewEvent {
+                            broker_id: broker.id.clone(),
+                            at: now,
+                            kind: kind::PATCH_STEP,
+                            from_node: Some(node.id.clone()),
+                            to_node: None,
+                            epoch: Some(leadership.epoch.0),
+                            reason: format!(
+                                "rolling restart: restarting {} (reboot generation {reboot_generation})",
+                                node.id
+                            ),
+                            duration_ms: None,
+                        };
+                        self.state.store.event_insert(&event).await?;
+                    }
+                    action
+                }
+                RestartGate::Wait => NodeAction::Wait,
+                RestartGate::SwitchOverFirst => {
+                    if self
+                        .state
+                        .store
+                        .replication_request_switchover(
+                            &broker.id,
+                            None,
+                            "RebootBroker: rolling restart, the leader goes last",
+                            now,
+                        )
+                        .await?
+                    {
+                        tracing::info!(broker = %broker.id, leader = %node.id, "switching over before restarting the leader");
+                    }
+                    NodeAction::Wait
+                }
+            },
+        )
+    }
+
     /// Records a planned node with an endpoint of its own. A drawn port that another node
     /// already holds fails the insert on a unique constraint; draw again, a bounded number of
     /// times.
@@ -243,11 +351,23 @@ impl Provisioner {
         &self,
         broker: &BrokerRecord,
         planned: &DesiredNode,
+        replicated: bool,
     ) -> anyhow::Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let endpoint = self.provider.allocate_endpoint()?;
+            let replication_port = if replicated {
+                Some(self.provider.allocate_replication_port()?)
+            } else {
+                None
+            };
+            // Drawn separately, it may repeat one of the endpoint's own ports.
+            if replication_port.is_some_and(|p| p == endpoint.amqp_port || p == endpoint.admin_port)
+                && attempt < ENDPOINT_ATTEMPTS
+            {
+                continue;
+            }
             let node = NewNode {
                 id: planned.id.clone(),
                 broker_id: broker.id.clone(),
@@ -256,7 +376,7 @@ impl Provisioner {
                 host: endpoint.host,
                 amqp_port: endpoint.amqp_port,
                 admin_port: endpoint.admin_port,
-                replication_port: None,
+                replication_port,
             };
             match self.state.store.node_insert(&node, Utc::now()).await {
                 Ok(_) => return Ok(()),
