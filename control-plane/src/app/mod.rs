@@ -11,6 +11,7 @@ pub mod aws_login;
 pub mod brokers;
 pub mod catalog;
 pub mod configurations;
+pub mod events;
 pub mod paging;
 pub mod password;
 pub mod principals;

@@ -48,13 +48,19 @@ pub enum MqOperation {
     ListUsers,
     Promote,
     RebootBroker,
+    /// Mooring's extension: a planned change of leader of a replicated broker
+    /// (`POST /v1/brokers/{broker-id}/switchover`).
+    SwitchoverBroker,
+    /// Mooring's extension: a broker's failover, switchover and patch events
+    /// (`GET /v1/brokers/{broker-id}/events`).
+    ListBrokerEvents,
     UpdateBroker,
     UpdateConfiguration,
     UpdateUser,
 }
 
 impl MqOperation {
-    pub const ALL: [MqOperation; 24] = [
+    pub const ALL: [MqOperation; 26] = [
         Self::CreateBroker,
         Self::CreateConfiguration,
         Self::CreateTags,
@@ -76,6 +82,8 @@ impl MqOperation {
         Self::ListUsers,
         Self::Promote,
         Self::RebootBroker,
+        Self::SwitchoverBroker,
+        Self::ListBrokerEvents,
         Self::UpdateBroker,
         Self::UpdateConfiguration,
         Self::UpdateUser,
@@ -107,6 +115,8 @@ impl MqOperation {
             ListUsers => "mq:ListUsers",
             Promote => "mq:Promote",
             RebootBroker => "mq:RebootBroker",
+            SwitchoverBroker => "mq:SwitchoverBroker",
+            ListBrokerEvents => "mq:ListBrokerEvents",
             UpdateBroker => "mq:UpdateBroker",
             UpdateConfiguration => "mq:UpdateConfiguration",
             UpdateUser => "mq:UpdateUser",
@@ -135,7 +145,8 @@ impl MqOperation {
             | ListBrokers
             | ListConfigurations => ResourceKind::All,
             CreateUser | DeleteBroker | DeleteUser | DescribeBroker | DescribeUser | ListUsers
-            | Promote | RebootBroker | UpdateBroker | UpdateUser => ResourceKind::Broker,
+            | Promote | RebootBroker | UpdateBroker | UpdateUser | SwitchoverBroker
+            | ListBrokerEvents => ResourceKind::Broker,
             DeleteConfiguration
             | DescribeConfiguration
             | DescribeConfigurationRevision

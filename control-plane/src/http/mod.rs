@@ -9,6 +9,7 @@ mod auth;
 mod brokers;
 mod catalog;
 mod configurations;
+mod events;
 mod extract;
 mod iam;
 mod iam_manage;
@@ -17,6 +18,7 @@ mod login;
 mod observe;
 pub mod openapi;
 mod ops;
+mod switchover;
 mod tags;
 mod users;
 mod views;
@@ -45,6 +47,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/brokers/{broker-id}/reboot",
             post(brokers::reboot_broker),
+        )
+        .route(
+            "/v1/brokers/{broker-id}/switchover",
+            post(switchover::switchover_broker),
+        )
+        .route(
+            "/v1/brokers/{broker-id}/events",
+            get(events::list_broker_events),
         )
         .route("/v1/brokers/{broker-id}/users", get(users::list_users))
         .route(

@@ -20,6 +20,8 @@ use super::{brokers, catalog, configurations, tags, users};
         brokers::list_brokers,
         brokers::update_broker,
         brokers::reboot_broker,
+        super::switchover::switchover_broker,
+        super::events::list_broker_events,
         brokers::delete_broker,
         users::create_user,
         users::describe_user,
