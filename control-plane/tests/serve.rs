@@ -160,6 +160,8 @@ fn openapi_documents_every_amazon_mq_operation() {
         "ListTags",
         "DescribeBrokerEngineTypes",
         "DescribeBrokerInstanceOptions",
+        // Mooring's extension: the audit trail.
+        "ListAuditEvents",
     ];
     expected.sort_unstable();
     assert_eq!(ids, expected);

@@ -7,6 +7,7 @@
 //! ConflictException; so two concurrent updates never silently lose one.
 
 pub mod arn;
+pub mod audit;
 pub mod aws_login;
 pub mod brokers;
 pub mod catalog;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::auth::keys::MasterKey;
+use crate::auth::ratelimit::RateLimiter;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -43,6 +45,10 @@ pub struct AppState {
     /// random one (enough for tests); `serve` installs the persistent one with
     /// [`AppState::with_master_key`].
     pub master_key: Arc<MasterKey>,
+    /// Appends every API request to the audit trail (group commit; see `audit`).
+    pub audit: audit::AuditLog,
+    /// Per-principal request rate limits (`--rate-limit-*`).
+    pub rate_limiter: Arc<RateLimiter>,
     /// A counter bumped after every write of intent; each reconciler holds a receiver
     /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
     /// channel never loses a wake-up that arrives while a pass is running.
@@ -52,8 +58,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Must be called within a Tokio runtime: it starts the audit writer task.
     pub fn new(store: Store, config: ServeConfig) -> Self {
         let (wake, _) = watch::channel(0);
+        let audit = audit::AuditLog::start(store.clone());
+        let rate_limiter = Arc::new(RateLimiter::new(
+            config.rate_limit_burst,
+            config.rate_limit_per_second,
+        ));
         // `ServeConfig::validate` refused bad AWS login settings before `serve` got
         // here; a test that skips it gets AWS login off, and says so.
         let aws_login = aws_login::AwsLogin::from_config(&config.aws_login)
@@ -69,6 +81,8 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             master_key: Arc::new(MasterKey::generate().0),
             reconcile_wake: Arc::new(wake),
+            audit,
+            rate_limiter,
         }
     }
 

@@ -46,6 +46,8 @@ pub enum MqOperation {
     ListConfigurations,
     ListTags,
     ListUsers,
+    /// Mooring's extension: reading the audit trail (`GET /v1/audit-events`).
+    ListAuditEvents,
     Promote,
     RebootBroker,
     /// Mooring's extension: a planned change of leader of a replicated broker
@@ -60,7 +62,7 @@ pub enum MqOperation {
 }
 
 impl MqOperation {
-    pub const ALL: [MqOperation; 26] = [
+    pub const ALL: [MqOperation; 27] = [
         Self::CreateBroker,
         Self::CreateConfiguration,
         Self::CreateTags,
@@ -80,6 +82,7 @@ impl MqOperation {
         Self::ListConfigurations,
         Self::ListTags,
         Self::ListUsers,
+        Self::ListAuditEvents,
         Self::Promote,
         Self::RebootBroker,
         Self::SwitchoverBroker,
@@ -113,6 +116,7 @@ impl MqOperation {
             ListConfigurations => "mq:ListConfigurations",
             ListTags => "mq:ListTags",
             ListUsers => "mq:ListUsers",
+            ListAuditEvents => "mq:ListAuditEvents",
             Promote => "mq:Promote",
             RebootBroker => "mq:RebootBroker",
             SwitchoverBroker => "mq:SwitchoverBroker",
@@ -142,6 +146,7 @@ impl MqOperation {
             | CreateConfiguration
             | DescribeBrokerEngineTypes
             | DescribeBrokerInstanceOptions
+            | ListAuditEvents
             | ListBrokers
             | ListConfigurations => ResourceKind::All,
             CreateUser | DeleteBroker | DeleteUser | DescribeBroker | DescribeUser | ListUsers

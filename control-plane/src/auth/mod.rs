@@ -30,4 +30,5 @@ pub mod actions;
 pub mod cache;
 pub mod keys;
 pub mod policy;
+pub mod ratelimit;
 pub mod sigv4;

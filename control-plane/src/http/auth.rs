@@ -75,6 +75,10 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         }
         Err(Refusal::Api(e)) => return e.into_response(),
     };
+    super::audit::note_principal(&caller.user.arn);
+    if let Some(throttled) = super::throttle::check(&state, &caller.user.arn, query_api) {
+        return throttled;
+    }
 
     if query_api {
         // IAM actions depend on the form body: the handler authorizes them.
@@ -113,6 +117,10 @@ impl VerifiedCaller {
         extend: impl FnOnce(&mut RequestContext),
     ) -> Decision<'_> {
         let mut ctx = self.context(action, resource);
+        // The connection's peer, for every decision (the IAM Query actions included).
+        if let Some(ip) = super::audit::source_ip() {
+            ctx.set_source_ip(ip);
+        }
         extend(&mut ctx);
         let policies: Vec<&Policy> = self.policies.iter().collect();
         let decision = evaluate(&policies, &ctx);
@@ -131,7 +139,7 @@ impl VerifiedCaller {
     /// role's trust policy is evaluated against.
     pub fn context(&self, action: &str, resource: &str) -> RequestContext {
         let mut ctx = RequestContext::new(action, resource);
-        ctx.set_current_time(Utc::now()).set_secure_transport(false);
+        ctx.set_current_time(Utc::now()).set_secure_transport(super::audit::secure_transport());
         match self.session.as_ref().and_then(|s| s.role.as_ref()) {
             // A role session has no aws:username; aws:PrincipalArn is the role's ARN.
             Some(role) => ctx.set_principal(None, &self.user.id, &role.arn),
@@ -208,7 +216,7 @@ fn auth_error_response(e: &AuthError) -> Response {
 
 /// The Amazon MQ operation a matched route and method stand for; `None` for a
 /// method the route does not serve (answered by the fallback).
-fn operation(method: &Method, route: &str) -> Option<MqOperation> {
+pub(super) fn operation(method: &Method, route: &str) -> Option<MqOperation> {
     use MqOperation::*;
     let op = match (route, method.as_str()) {
         ("/v1/brokers", "POST") => CreateBroker,
@@ -238,6 +246,7 @@ fn operation(method: &Method, route: &str) -> Option<MqOperation> {
         ("/v1/tags/{resource-arn}", "DELETE") => DeleteTags,
         ("/v1/broker-engine-types", "GET") => DescribeBrokerEngineTypes,
         ("/v1/broker-instance-options", "GET") => DescribeBrokerInstanceOptions,
+        ("/v1/audit-events", "GET") => ListAuditEvents,
         _ => return None,
     };
     Some(op)
@@ -380,6 +389,7 @@ async fn authorize(
         }
     });
     tracing::debug!(principal = %caller.user.arn, action = op.action(), resource = %arn, decision = decision.as_str(), "authorization");
+    super::audit::note_decision(op.action(), &arn, &decision)?;
     match decision {
         Decision::Allow(_) => Ok(()),
         Decision::ExplicitDeny(_) => Err(ApiError::Forbidden {
@@ -437,6 +447,7 @@ mod tests {
                 "/v1/tags/{resource-arn}",
                 "/v1/broker-engine-types",
                 "/v1/broker-instance-options",
+                "/v1/audit-events",
             ]
             .iter()
             .any(|route| {

@@ -163,6 +163,14 @@ pub(super) fn authorize(
 ) -> Result<(), IamError> {
     let decision = caller.decide(action, resource, |_| {});
     tracing::debug!(principal = %caller.user.arn, action, resource, decision = decision.as_str(), "authorization");
+    super::audit::note_decision(action, resource, &decision).map_err(|_| {
+        tracing::error!("refusing an IAM change: the audit trail cannot be written");
+        IamError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceFailure",
+            "An internal error occurred. Try again later.".to_owned(),
+        )
+    })?;
     match decision {
         Decision::Allow(_) => Ok(()),
         Decision::ExplicitDeny(_) | Decision::ImplicitDeny => Err(IamError(

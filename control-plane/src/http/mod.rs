@@ -5,6 +5,7 @@
 //! authentication ([`auth::authenticate`], the seam where SigV4 goes).
 
 pub mod agent;
+mod audit;
 mod auth;
 mod brokers;
 mod catalog;
@@ -20,6 +21,8 @@ pub mod openapi;
 mod ops;
 mod switchover;
 mod tags;
+mod throttle;
+pub mod tls;
 mod users;
 mod views;
 
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(tags::delete_tags),
         )
         .route("/", post(iam::query))
+        .route("/v1/audit-events", get(audit::list_audit_events))
         .route("/v1/broker-engine-types", get(catalog::engine_types))
         .route(
             "/v1/broker-instance-options",
@@ -112,6 +116,8 @@ pub fn router(state: AppState) -> Router {
             observe::record_latency,
         ))
         .layer(middleware::from_fn(observe::request_id))
+        // Outside the request id (it records it), inside tracing.
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{brokers, catalog, configurations, tags, users};
+use super::{audit, brokers, catalog, configurations, tags, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,7 @@ use super::{brokers, catalog, configurations, tags, users};
         tags::list_tags,
         catalog::engine_types,
         catalog::instance_options,
+        audit::list_audit_events,
     )
 )]
 pub struct ApiDoc;
