@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;

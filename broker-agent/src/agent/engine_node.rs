@@ -3,6 +3,7 @@
 use super::node::Node;
 use super::RunArgs;
 use crate::engine::broker::stats::Stats;
+use crate::engine::storage::Tap;
 use crate::engine::{Engine, EngineAddrs, EngineConfig, Limits, UserDef};
 use mooring_agent_protocol::{DesiredConfig, EngineStatus};
 
@@ -14,9 +15,15 @@ pub struct EngineNode {
 
 impl EngineNode {
     /// Starts the engine on the node's data directory with the held configuration, if any.
-    pub async fn start(args: &RunArgs, held: Option<&DesiredConfig>) -> anyhow::Result<Self> {
+    /// `tap`: replicated leaders only (see `engine::storage::replica`).
+    pub async fn start(
+        args: &RunArgs,
+        held: Option<&DesiredConfig>,
+        tap: Option<Tap>,
+    ) -> anyhow::Result<Self> {
         let mut config = EngineConfig::new(args.data_dir.join("engine"), args.amqp_listen);
         config.admin_listen = Some(args.admin_listen);
+        config.replication_tap = tap;
         if let Some(held) = held {
             config.initial_users = users(held);
             config.limits = limits(held);

@@ -12,6 +12,7 @@ mod engine_node;
 mod ledger;
 mod lock;
 mod node;
+mod replica;
 mod session;
 
 pub use client::ControlPlaneClient;
@@ -47,9 +48,29 @@ pub struct RunArgs {
     /// Admin (console) HTTP listener address.
     #[arg(long, env = "MOORING_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
-    /// Milliseconds between heartbeats.
-    #[arg(long, env = "MOORING_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
-    pub heartbeat_interval_ms: u64,
+    /// Milliseconds between heartbeats [default: 1000, or 200 with --replication-listen:
+    /// a replicated leader renews its lease with them].
+    #[arg(long, env = "MOORING_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Replicated brokers: the replication listener (followers connect to the leader's).
+    /// Its presence makes this node a member of a replicated broker.
+    #[arg(long, env = "MOORING_REPLICATION_LISTEN")]
+    pub replication_listen: Option<SocketAddr>,
+}
+
+/// Heartbeat period without `--heartbeat-interval-ms`.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// The same for replicated nodes: well inside the control plane's lease.
+pub const REPLICATED_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+
+impl RunArgs {
+    pub fn heartbeat_interval(&self) -> Duration {
+        match (self.heartbeat_interval_ms, self.replication_listen) {
+            (Some(ms), _) => Duration::from_millis(ms.max(10)),
+            (None, Some(_)) => REPLICATED_HEARTBEAT_INTERVAL,
+            (None, None) => HEARTBEAT_INTERVAL,
+        }
+    }
 }
 
 /// Runs the node until SIGTERM/SIGINT. Returns an error only for problems at start (bad
@@ -66,7 +87,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ledger = Ledger::new(&args.data_dir);
     let held = ledger.load()?;
-    let node = engine_node::EngineNode::start(&args, held.as_ref()).await?;
+    if args.replication_listen.is_some() {
+        return replica::run(args, node_id, ledger, held, shutdown_signal()?).await;
+    }
+    let node = engine_node::EngineNode::start(&args, held.as_ref(), None).await?;
     let addrs = node.addrs();
     tracing::info!(node = %node_id, amqp = %addrs.amqp, "engine serving");
 
@@ -78,7 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         applied_generation: Default::default(),
         replication_addr: None,
     };
-    let interval = Duration::from_millis(args.heartbeat_interval_ms.max(10));
+    let interval = args.heartbeat_interval();
     let session = Session::new(client, node.clone(), ledger, held, register, interval);
     session.run(shutdown_signal()?).await;
 

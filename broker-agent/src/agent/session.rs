@@ -12,7 +12,7 @@ use mooring_agent_protocol::{
     ApplyReport, DesiredConfig, DesiredPointer, Generation, Heartbeat, RegisterRequest, Rejection,
 };
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Delays between failed attempts: first about this long...
 const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -63,6 +63,7 @@ impl<N: Node> Session<N> {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+        let nudge = self.node.nudge();
         loop {
             let delay = match self.step().await {
                 Ok(()) => {
@@ -74,15 +75,24 @@ impl<N: Node> Session<N> {
                     backoff.next_delay()
                 }
             };
+            let nudged = async {
+                match &nudge {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(delay) => {}
+                _ = nudged => {}
             }
         }
     }
 
     /// One round: register (first time), else heartbeat; then catch up if behind.
     pub async fn step(&mut self) -> anyhow::Result<()> {
+        // The lease in the answer counts from before the request left (see `LeaseGrant`).
+        let sent_at = Instant::now();
         let desired = if self.registered {
             self.client.heartbeat(&self.heartbeat()).await?
         } else {
@@ -91,6 +101,7 @@ impl<N: Node> Session<N> {
             self.registered = true;
             pointer
         };
+        self.node.on_pointer(sent_at, &desired);
         if self.should_fetch(&desired) {
             self.sync(desired.desired_generation).await?;
         }
@@ -110,7 +121,7 @@ impl<N: Node> Session<N> {
             applied_generation: held_generation(self.held.as_ref()),
             engine: self.node.status(),
             rejected: self.rejected.clone(),
-            replication: None,
+            replication: self.node.replication(),
         }
     }
 

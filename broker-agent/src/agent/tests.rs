@@ -43,9 +43,9 @@ async fn serve(cp: Shared) -> String {
                 cp.registers += 1;
                 Ok::<_, StatusCode>(Json(DesiredPointer {
                     desired_generation: cp.desired,
-                        lease: None,
-                        in_sync: None,
-                        release_lease: false,
+                    lease: None,
+                    in_sync: None,
+                    release_lease: false,
                 }))
             }),
         )

@@ -348,6 +348,16 @@ impl Hub {
         Ok(out)
     }
 
+    /// Leader: whether every connected follower has acked `lsn` (the end of a drain).
+    pub fn connected_followers_at(&self, lsn: u64) -> bool {
+        let st = self.state.lock();
+        st.leading.as_ref().is_none_or(|l| {
+            l.followers
+                .values()
+                .all(|f| !f.connected || !f.streaming || f.acked >= lsn)
+        })
+    }
+
     pub fn follower_update(&self, node: &NodeId, f: impl FnOnce(&mut FollowerInfo)) {
         let mut st = self.state.lock();
         if let Some(l) = st.leading.as_mut() {
@@ -404,7 +414,7 @@ impl Hub {
         let Some(l) = st.leading.as_ref() else {
             return;
         };
-        if !l.lease_until.is_some_and(|u| now < u) || st.released {
+        if l.lease_until.is_none_or(|u| now >= u) || st.released {
             return;
         }
         let mut confirmable = st.position;
@@ -567,7 +577,14 @@ mod tests {
             acked,
         };
         // (current, b, c, floor) -> expected
-        let cases: Vec<(Vec<&str>, FollowerInfo, FollowerInfo, u64, Vec<&str>)> = vec![
+        type Case = (
+            Vec<&'static str>,
+            FollowerInfo,
+            FollowerInfo,
+            u64,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             // both caught up and connected: in.
             (
                 vec!["a"],

@@ -141,8 +141,7 @@ mod tests {
             lapin::ConnectionProperties::default(),
         )
         .await
-        .err()
-        .expect("a follower refuses");
+        .expect_err("a follower refuses");
         let shown = err.to_string();
         assert!(
             shown.contains("b-x-1")

@@ -468,7 +468,7 @@ mod tests {
         for m in samples() {
             let mut buf = Vec::new();
             encode(&mut buf, &m);
-            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
             assert_eq!(len, buf.len() - 4);
             assert_eq!(decode(&buf[4..]).expect("decodes"), m);
         }

@@ -128,6 +128,22 @@ pub struct LogsSummary {
     pub general_log_group: String,
 }
 
+/// Mooring extension: a disruptive change waiting for the maintenance window (or a
+/// RebootBroker, which applies it at once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingAction {
+    /// `ENGINE_VERSION`, `HOST_INSTANCE_TYPE`, `CONFIGURATION` or `AGENT_VERSION`.
+    pub action: String,
+    /// The version, instance type or `<configuration-id>:<revision>` it moves to.
+    pub target: String,
+    /// `USER` (UpdateBroker), `AUTO_MINOR_VERSION_UPGRADE` or `AGENT`.
+    pub source: String,
+    /// When it is due: the start of the window it will be applied in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DescribeBrokerResponse {
@@ -155,6 +171,9 @@ pub struct DescribeBrokerResponse {
     pub pending_engine_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_host_instance_type: Option<String>,
+    /// Mooring extension (ignored by AWS SDKs): every pending action with its time.
+    #[serde(default)]
+    pub pending_actions: Vec<PendingAction>,
     pub publicly_accessible: bool,
     pub security_groups: Vec<String>,
     pub storage_type: StorageType,

@@ -44,6 +44,8 @@ pub struct BrokerView {
     pub instances: Vec<BrokerInstanceView>,
     /// `actionsRequired`: why the broker is CRITICAL_ACTION_REQUIRED, as (code, info).
     pub actions_required: Vec<(String, String)>,
+    /// Disruptive changes waiting for the maintenance window or a reboot.
+    pub pending_actions: Vec<super::maintenance::PendingActionView>,
 }
 
 pub(super) fn broker_not_found(id: &str) -> ApiError {
@@ -119,9 +121,12 @@ fn check_data_replication(mode: Option<DataReplicationMode>) -> Result<(), ApiEr
 fn maintenance_window(w: &WeeklyStartTime) -> Result<(DayOfWeek, String, String), ApiError> {
     let day = required(w.day_of_week, "maintenanceWindowStartTime")?;
     let time = required(w.time_of_day.clone(), "maintenanceWindowStartTime")?;
-    validate::time_of_day(&time)?;
     let zone = w.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
-    validate::time_zone(&zone)?;
+    // The maintenance reconciler reads the window with the same parser, so whatever is
+    // accepted here can be scheduled (IANA zones and UTC offsets, as Amazon MQ documents).
+    crate::plan::window::MaintenanceWindow::new(day, &time, &zone).map_err(|e| {
+        ApiError::bad_request("maintenanceWindowStartTime", format!("{e}."))
+    })?;
     Ok((day, time, zone))
 }
 
@@ -172,6 +177,7 @@ fn version_key(v: &str) -> Vec<u32> {
 fn checked_new_broker(
     req: &CreateBrokerRequest,
     config: &ServeConfig,
+    catalog: &catalog::Catalog,
 ) -> Result<(NewBroker, Vec<NewUser>), ApiError> {
     let name = required(req.broker_name.clone(), "brokerName")?;
     validate::broker_name(&name)?;
@@ -202,13 +208,13 @@ fn checked_new_broker(
     }
     let publicly_accessible = required(req.publicly_accessible, "publiclyAccessible")?;
     let engine_version = match &req.engine_version {
-        Some(v) => catalog::engine_version(engine_type, v).ok_or_else(|| {
+        Some(v) => catalog.engine_version(engine_type, v).ok_or_else(|| {
             ApiError::bad_request(
                 "engineVersion",
                 format!("Engine version {v} is not supported."),
             )
         })?,
-        None => catalog::default_engine_version(engine_type).ok_or_else(|| {
+        None => catalog.default_engine_version(engine_type).ok_or_else(|| {
             ApiError::internal(anyhow::anyhow!("the catalog has no {engine_type} version"))
         })?,
     };
@@ -270,7 +276,7 @@ pub async fn create_broker(
     state: &AppState,
     req: CreateBrokerRequest,
 ) -> Result<BrokerRecord, ApiError> {
-    let (mut new, users) = checked_new_broker(&req, &state.config)?;
+    let (mut new, users) = checked_new_broker(&req, &state.config, &state.catalog)?;
     let name = new.name.clone();
     new.configuration = match &req.configuration {
         Some(reference) => Some(resolve_configuration(state, reference, new.engine_type).await?),
@@ -353,15 +359,18 @@ fn new_users(users: &[crate::api::User]) -> Result<Vec<NewUser>, ApiError> {
 pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, ApiError> {
     let broker_id = parse_broker_id(id)?;
     // Independent reads, on separate pooled connections: one round trip of latency.
-    let (detail, nodes) = tokio::join!(
+    let (detail, nodes, scheduled) = tokio::join!(
         state.store.broker_describe(&broker_id),
         state.store.node_list_for_broker(&broker_id),
+        state.store.maintenance_action_list(&broker_id),
     );
     let detail = match detail {
         Ok(d) => d,
         Err(StoreError::NotFound(_)) => return Err(broker_not_found(broker_id.as_str())),
         Err(e) => return Err(e.into()),
     };
+    let pending_actions =
+        super::maintenance::broker_pending_actions(state, &detail.broker, &scheduled?).await;
     let leadership = state.store.replication_get(&broker_id).await?;
     let actions_required = actions_required(&detail.broker, leadership.as_ref());
     Ok(BrokerView {
@@ -370,6 +379,7 @@ pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, A
         tags: detail.tags,
         instances: broker_instances(nodes?, leadership.as_ref()),
         actions_required,
+        pending_actions,
     })
 }
 
@@ -475,7 +485,7 @@ pub async fn update_broker(
     )?;
     check_data_replication(req.data_replication_mode)?;
     if let Some(v) = &req.engine_version {
-        catalog::engine_version(EngineType::Rabbitmq, v).ok_or_else(|| {
+        state.catalog.engine_version(EngineType::Rabbitmq, v).ok_or_else(|| {
             ApiError::bad_request(
                 "engineVersion",
                 format!("Engine version {v} is not supported."),
@@ -551,6 +561,8 @@ pub async fn update_broker(
     })
     .await?;
     tracing::info!(broker_id = %updated.id, "broker updated");
+    // The maintenance reconciler schedules new pending changes for the window.
+    state.wake_reconcilers();
     Ok(updated)
 }
 

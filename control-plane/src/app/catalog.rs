@@ -40,6 +40,7 @@ pub type EngineVersions = (EngineType, Vec<&'static str>);
 
 /// `(engine type, versions newest first)` for each engine with any version.
 pub fn engine_types(
+    catalog: &catalog::Catalog,
     engine: Option<&str>,
     max_results: Option<&str>,
     token: Option<&str>,
@@ -51,7 +52,9 @@ pub fn engine_types(
         .map(|e| {
             (
                 *e,
-                catalog::engine_versions(*e)
+                catalog
+                    .engine_versions(*e)
+                    .into_iter()
                     .map(|v| v.version)
                     .collect::<Vec<_>>(),
             )

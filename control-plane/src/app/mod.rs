@@ -13,6 +13,7 @@ pub mod brokers;
 pub mod catalog;
 pub mod configurations;
 pub mod events;
+pub mod maintenance;
 pub mod paging;
 pub mod password;
 pub mod principals;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::auth::keys::MasterKey;
+use crate::catalog::Catalog;
+use crate::clock::{Clock, OffsetFileClock, SystemClock};
 use crate::auth::ratelimit::RateLimiter;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
@@ -53,6 +56,12 @@ pub struct AppState {
     /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
     /// channel never loses a wake-up that arrives while a pass is running.
     reconcile_wake: Arc<watch::Sender<u64>>,
+    /// "Now" for schedules (maintenance windows): the system clock, or in tests the one
+    /// `--clock-offset-file` moves (see [`crate::clock`]).
+    pub clock: Arc<dyn Clock>,
+    /// Engine versions (built-in and `<data-dir>/catalog/engine-versions.json`) and
+    /// instance types.
+    pub catalog: Arc<Catalog>,
     /// Logging in with an AWS identity; `None` when off (the default).
     pub aws_login: Option<Arc<aws_login::AwsLogin>>,
 }
@@ -61,6 +70,11 @@ impl AppState {
     /// Must be called within a Tokio runtime: it starts the audit writer task.
     pub fn new(store: Store, config: ServeConfig) -> Self {
         let (wake, _) = watch::channel(0);
+        let clock: Arc<dyn Clock> = match &config.clock_offset_file {
+            Some(path) => Arc::new(OffsetFileClock::new(path.clone())),
+            None => Arc::new(SystemClock),
+        };
+        let catalog = Arc::new(Catalog::new(&config.database.data_dir));
         let audit = audit::AuditLog::start(store.clone());
         let rate_limiter = Arc::new(RateLimiter::new(
             config.rate_limit_burst,
@@ -83,6 +97,8 @@ impl AppState {
             reconcile_wake: Arc::new(wake),
             audit,
             rate_limiter,
+            clock,
+            catalog,
         }
     }
 

@@ -48,6 +48,9 @@ pub enum MqOperation {
     ListUsers,
     /// Mooring's extension: reading the audit trail (`GET /v1/audit-events`).
     ListAuditEvents,
+    /// Mooring extensions: the fleet maintenance switch (`GET`/`PUT /v1/maintenance`).
+    DescribeMaintenance,
+    UpdateMaintenance,
     Promote,
     RebootBroker,
     /// Mooring's extension: a planned change of leader of a replicated broker
@@ -62,7 +65,7 @@ pub enum MqOperation {
 }
 
 impl MqOperation {
-    pub const ALL: [MqOperation; 27] = [
+    pub const ALL: [MqOperation; 29] = [
         Self::CreateBroker,
         Self::CreateConfiguration,
         Self::CreateTags,
@@ -83,6 +86,8 @@ impl MqOperation {
         Self::ListTags,
         Self::ListUsers,
         Self::ListAuditEvents,
+        Self::DescribeMaintenance,
+        Self::UpdateMaintenance,
         Self::Promote,
         Self::RebootBroker,
         Self::SwitchoverBroker,
@@ -117,6 +122,8 @@ impl MqOperation {
             ListTags => "mq:ListTags",
             ListUsers => "mq:ListUsers",
             ListAuditEvents => "mq:ListAuditEvents",
+            DescribeMaintenance => "mq:DescribeMaintenance",
+            UpdateMaintenance => "mq:UpdateMaintenance",
             Promote => "mq:Promote",
             RebootBroker => "mq:RebootBroker",
             SwitchoverBroker => "mq:SwitchoverBroker",
@@ -148,6 +155,8 @@ impl MqOperation {
             | DescribeBrokerInstanceOptions
             | ListAuditEvents
             | ListBrokers
+            | DescribeMaintenance
+            | UpdateMaintenance
             | ListConfigurations => ResourceKind::All,
             CreateUser | DeleteBroker | DeleteUser | DescribeBroker | DescribeUser | ListUsers
             | Promote | RebootBroker | UpdateBroker | UpdateUser | SwitchoverBroker

@@ -246,6 +246,8 @@ pub(super) fn operation(method: &Method, route: &str) -> Option<MqOperation> {
         ("/v1/tags/{resource-arn}", "DELETE") => DeleteTags,
         ("/v1/broker-engine-types", "GET") => DescribeBrokerEngineTypes,
         ("/v1/broker-instance-options", "GET") => DescribeBrokerInstanceOptions,
+        ("/v1/maintenance", "GET") => DescribeMaintenance,
+        ("/v1/maintenance", "PUT") => UpdateMaintenance,
         ("/v1/audit-events", "GET") => ListAuditEvents,
         _ => return None,
     };
@@ -447,6 +449,7 @@ mod tests {
                 "/v1/tags/{resource-arn}",
                 "/v1/broker-engine-types",
                 "/v1/broker-instance-options",
+                "/v1/maintenance",
                 "/v1/audit-events",
             ]
             .iter()

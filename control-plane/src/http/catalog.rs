@@ -14,10 +14,11 @@ use crate::model::{EngineType, StorageType};
     responses((status = 200, body = DescribeBrokerEngineTypesResponse),
               (status = 400, body = ErrorBody, description = "BadRequestException")))]
 pub async fn engine_types(
-    State(_state): State<AppState>,
+    State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EngineTypesQuery>,
 ) -> Result<Json<DescribeBrokerEngineTypesResponse>, ApiError> {
     let (rows, next_token, max_results) = catalog::engine_types(
+        &state.catalog,
         q.engine_type.as_deref(),
         q.max_results.as_deref(),
         q.next_token.as_deref(),
@@ -53,7 +54,10 @@ pub async fn instance_options(
         q.max_results.as_deref(),
         q.next_token.as_deref(),
     )?;
-    let versions: Vec<String> = crate::catalog::engine_versions(EngineType::Rabbitmq)
+    let versions: Vec<String> = state
+        .catalog
+        .engine_versions(EngineType::Rabbitmq)
+        .into_iter()
         .map(|v| v.version.to_owned())
         .collect();
     // Zones are labels for the local provider: one per region, as `<region>a`.

@@ -16,6 +16,7 @@ mod iam;
 mod iam_manage;
 mod iam_roles;
 mod login;
+mod maintenance;
 mod observe;
 pub mod openapi;
 mod ops;
@@ -93,6 +94,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/", post(iam::query))
         .route("/v1/audit-events", get(audit::list_audit_events))
+        .route(
+            "/v1/maintenance",
+            get(maintenance::describe_maintenance).put(maintenance::update_maintenance),
+        )
         .route("/v1/broker-engine-types", get(catalog::engine_types))
         .route(
             "/v1/broker-instance-options",

@@ -40,6 +40,8 @@ use super::{audit, brokers, catalog, configurations, tags, users};
         tags::list_tags,
         catalog::engine_types,
         catalog::instance_options,
+        super::maintenance::describe_maintenance,
+        super::maintenance::update_maintenance,
         audit::list_audit_events,
     )
 )]

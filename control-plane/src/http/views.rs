@@ -83,6 +83,16 @@ pub fn describe_broker(v: BrokerView) -> api::DescribeBrokerResponse {
         maintenance_window_start_time: window(&b),
         pending_engine_version: b.pending_engine_version.clone(),
         pending_host_instance_type: b.pending_host_instance_type.clone(),
+        pending_actions: v
+            .pending_actions
+            .iter()
+            .map(|p| api::PendingAction {
+                action: p.kind.as_str().to_owned(),
+                target: p.target.clone(),
+                source: p.source.as_str().to_owned(),
+                scheduled_at: p.scheduled_at.map(timestamp),
+            })
+            .collect(),
         publicly_accessible: b.publicly_accessible,
         security_groups: b.security_groups.clone(),
         storage_type: b.storage_type,
