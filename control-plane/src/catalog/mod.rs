@@ -2,14 +2,69 @@
 //! runs each) and host instance types (and the limits each imposes on the engine).
 //! DescribeBrokerEngineTypes and DescribeBrokerInstanceOptions read these; the
 //! provisioning side pushes an instance type's limits to its nodes.
+//!
+//! Engine versions are the built-in list plus those added at runtime ([`extra`]); code that
+//! serves the API reads them through a [`Catalog`] (in `AppState`), so a version added to
+//! the file is offered by DescribeBrokerEngineTypes and picked up by automatic minor
+//! version upgrades without a restart.
 
 mod engine_versions;
+pub mod extra;
 mod instance_types;
 
 pub use engine_versions::{EngineVersionSpec, Runner, ENGINE_VERSIONS};
 pub use instance_types::{InstanceTypeSpec, INSTANCE_TYPES};
 
+use std::path::Path;
+
 use crate::model::EngineType;
+
+/// The built-in catalog plus the runtime file of one control plane.
+pub struct Catalog {
+    extra: extra::ExtraVersions,
+}
+
+impl Catalog {
+    /// The catalog of a control plane whose data directory is `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Catalog {
+            extra: extra::ExtraVersions::new(extra::extra_versions_path(data_dir)),
+        }
+    }
+
+    /// Every version of `engine`, built-in and runtime, newest first, each once.
+    pub fn engine_versions(&self, engine: EngineType) -> Vec<EngineVersionSpec> {
+        let mut all: Vec<EngineVersionSpec> = engine_versions(engine).copied().collect();
+        for v in self.extra.current() {
+            if v.engine_type == engine && !all.iter().any(|a| a.version == v.version) {
+                all.push(v);
+            }
+        }
+        all.sort_by_key(|v| std::cmp::Reverse(version_key(v.version)));
+        all
+    }
+
+    pub fn engine_version(&self, engine: EngineType, version: &str) -> Option<EngineVersionSpec> {
+        self.engine_versions(engine)
+            .into_iter()
+            .find(|v| v.version == version)
+    }
+
+    /// The version CreateBroker uses when none is given: the newest.
+    pub fn default_engine_version(&self, engine: EngineType) -> Option<EngineVersionSpec> {
+        self.engine_versions(engine).into_iter().next()
+    }
+}
+
+/// Orders versions numerically (`3.13.1` > `3.13` > `3.9`); a non-numeric part counts 0.
+pub fn version_key(v: &str) -> Vec<u32> {
+    let mut key: Vec<u32> = v.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    // `3.13` and `3.13.0` are the same version.
+    while key.len() > 1 && key.last() == Some(&0) {
+        key.pop();
+    }
+    key
+}
 
 /// The engine versions of `engine`, newest first.
 pub fn engine_versions(engine: EngineType) -> impl Iterator<Item = &'static EngineVersionSpec> {
@@ -53,10 +108,41 @@ mod tests {
         assert!(default_engine_version(EngineType::Activemq).is_none());
     }
 
-    fn version_key(v: &str) -> Vec<u32> {
-        v.split('.')
-            .map(|p| p.parse().expect("numeric version"))
-            .collect()
+    #[test]
+    fn runtime_versions_merge_newest_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = Catalog::new(dir.path());
+        let builtin: Vec<_> = engine_versions(EngineType::Rabbitmq)
+            .map(|v| v.version)
+            .collect();
+        let listed = |c: &Catalog| -> Vec<&'static str> {
+            c.engine_versions(EngineType::Rabbitmq)
+                .iter()
+                .map(|v| v.version)
+                .collect()
+        };
+        assert_eq!(listed(&catalog), builtin);
+        std::fs::create_dir_all(dir.path().join("catalog")).expect("mkdir");
+        std::fs::write(
+            extra::extra_versions_path(dir.path()),
+            r#"{"engineVersions":[{"engineType":"RABBITMQ","version":"3.12.4"},
+                {"engineType":"RABBITMQ","version":"3.13.1"},
+                {"engineType":"RABBITMQ","version":"3.13"}]}"#,
+        )
+        .expect("write");
+        assert_eq!(listed(&catalog), ["3.13.1", "3.13", "3.12.4", "3.12"]);
+        assert_eq!(
+            catalog
+                .default_engine_version(EngineType::Rabbitmq)
+                .map(|v| v.version),
+            Some("3.13.1")
+        );
+        assert!(catalog
+            .engine_version(EngineType::Rabbitmq, "3.12.4")
+            .is_some());
+        assert!(catalog
+            .engine_version(EngineType::Activemq, "3.12.4")
+            .is_none());
     }
 
     #[test]
