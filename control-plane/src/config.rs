@@ -144,8 +144,9 @@ pub struct ServeConfig {
     pub auth_cache_ttl_ms: u64,
 
     /// Login with a real AWS identity (off unless --aws-login-sts-endpoint is set).
+    /// Boxed: it is large, and `Command` holds a `ServeConfig` by value.
     #[command(flatten)]
-    pub aws_login: AwsLoginConfig,
+    pub aws_login: Box<AwsLoginConfig>,
 
     /// Replicated brokers: heartbeats, leases, failure detection.
     #[command(flatten)]
@@ -180,7 +181,7 @@ impl ServeConfig {
             tls_cert: None,
             tls_key: None,
             auth_cache_ttl_ms: 2000,
-            aws_login: AwsLoginConfig::default(),
+            aws_login: Box::default(),
             failover: FailoverConfig::default(),
         }
     }

@@ -273,8 +273,17 @@ fn success(action: &str, result: &str) -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    super::iam::error_response(status, code, message)
+/// An IAM-shaped error of a mapping action: status, IAM's code, message.
+struct QueryError(StatusCode, &'static str, String);
+
+impl QueryError {
+    fn into_response(self) -> Response {
+        super::iam::error_response(self.0, self.1, &self.2)
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> QueryError {
+    QueryError(status, code, message.to_owned())
 }
 
 fn mapping_xml(m: &crate::store::AwsLoginMappingRecord) -> String {
@@ -304,11 +313,12 @@ pub(super) async fn query_action(
         return None;
     }
     Some(match mapping_action(state, caller, action, params).await {
-        Ok(response) | Err(response) => response,
+        Ok(response) => response,
+        Err(e) => e.into_response(),
     })
 }
 
-fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, QueryError> {
     params
         .get(name)
         .map(String::as_str)
@@ -324,7 +334,7 @@ fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a s
 
 /// Refuses `action` on `resource` unless the caller's policies allow it, as the
 /// IAM actions are authorized, and records the decision in the audit trail.
-fn authorize(caller: &VerifiedCaller, action: &str, resource: &str) -> Result<(), Response> {
+fn authorize(caller: &VerifiedCaller, action: &str, resource: &str) -> Result<(), QueryError> {
     let decision = caller.decide(action, resource, |_| {});
     if super::audit::note_decision(action, resource, &decision).is_err() {
         return Err(error(
@@ -351,7 +361,7 @@ async fn mapping_action(
     caller: &VerifiedCaller,
     action: &str,
     params: &HashMap<String, String>,
-) -> Result<Response, Response> {
+) -> Result<Response, QueryError> {
     let account = caller.user.account_id.as_str();
     let iam_action = format!("iam:{action}");
     let store_failed = |e: crate::store::StoreError| {
