@@ -484,3 +484,28 @@ def test_login_is_off_by_default(control_plane, world):
     assert status == 404, out
     assert headers["x-amzn-ErrorType"] == "NotFoundException"
     assert "not enabled" in out["message"]
+
+
+def test_logins_are_rate_limited_per_source_address(world, tmp_path, control_plane_kit):
+    _, ControlPlane, _ = control_plane_kit
+    dead = f"http://127.0.0.1:{_free_port()}/"
+    cp = ControlPlane(
+        tmp_path / "mooring",
+        extra_args=(
+            "--agent-binary", str(tmp_path / "no-agent-here"),
+            "--aws-login-sts-endpoint", dead,
+            "--aws-login-server-id", "sid",
+            "--rate-limit-burst", "2",
+            "--rate-limit-per-second", "0.01",
+        ),
+    )
+    try:
+        body = json.dumps(signed_login(world.alice, dead, "sid"))
+        statuses = [cp.http("POST", "/v1/login/aws", body=body, signed=False)[0] for _ in range(2)]
+        assert statuses == [503, 503]
+        status, headers, out = cp.http("POST", "/v1/login/aws", body=body, signed=False)
+        assert status == 429, out
+        assert headers["x-amzn-ErrorType"] == "ThrottlingException"
+        assert int(headers["Retry-After"]) >= 1
+    finally:
+        cp.stop()
