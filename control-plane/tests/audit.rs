@@ -194,9 +194,7 @@ async fn list_events_validates_its_parameters() {
         },
     ];
     for q in bad {
-        let err = audit::list_events(&t.store, &q)
-            .await
-            .expect_err("refused");
+        let err = audit::list_events(&t.store, &q).await.expect_err("refused");
         assert_eq!(err.name(), "BadRequestException", "{q:?}");
     }
     t.finish().await;
@@ -265,7 +263,9 @@ async fn every_request_is_recorded_with_its_decision() {
         assert_eq!(oldest["resource"], prod_arn.as_str());
         assert_eq!(oldest["httpStatus"], 403);
         assert_eq!(oldest["errorCode"], "ForbiddenException");
-        assert!(oldest["eventTime"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(oldest["eventTime"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')));
 
         // An unsigned request and an unknown key: unauthenticated, named by the key
         // id they claimed (or anonymous). Reads are flushed within ~100 ms.
@@ -282,14 +282,18 @@ async fn every_request_is_recorded_with_its_decision() {
             .error("UnrecognizedClientException", 403);
         api.key = admin.clone();
         let api_ref = &api;
-        let refused = wait_for("the refused reads' records", Duration::from_secs(5), || async move {
-            let page = api_ref
-                .get("/v1/audit-events?decision=unauthenticated")
-                .await
-                .ok();
-            let found = events(&page);
-            (found.len() == 2).then_some(found)
-        })
+        let refused = wait_for(
+            "the refused reads' records",
+            Duration::from_secs(5),
+            || async move {
+                let page = api_ref
+                    .get("/v1/audit-events?decision=unauthenticated")
+                    .await
+                    .ok();
+                let found = events(&page);
+                (found.len() == 2).then_some(found)
+            },
+        )
         .await;
         assert_eq!(refused[0]["principal"], "AKIANOSUCHKEY0000000");
         assert_eq!(refused[0]["errorCode"], "UnrecognizedClientException");
@@ -303,9 +307,9 @@ async fn every_request_is_recorded_with_its_decision() {
         for _ in 0..10 {
             let uri = match &token {
                 None => format!("/v1/audit-events?principal={operator_arn}&maxResults=1"),
-                Some(t) => format!(
-                    "/v1/audit-events?principal={operator_arn}&maxResults=1&nextToken={t}"
-                ),
+                Some(t) => {
+                    format!("/v1/audit-events?principal={operator_arn}&maxResults=1&nextToken={t}")
+                }
             };
             let page = api.get(&uri).await.ok();
             ids.extend(
@@ -404,20 +408,17 @@ async fn the_query_api_is_recorded_with_iam_action_names() {
     assert_eq!(created.status(), 200);
 
     api.key = Some(admin);
-    let page = api
-        .get("/v1/audit-events?action=iam:CreateUser")
-        .await
-        .ok();
+    let page = api.get("/v1/audit-events?action=iam:CreateUser").await.ok();
     let found = events(&page);
     assert_eq!(found.len(), 2, "{page}");
     assert_eq!(found[0]["decision"], "allowed");
-    assert_eq!(
-        found[0]["resource"],
-        "arn:aws:iam::000000000000:user/alice"
-    );
+    assert_eq!(found[0]["resource"], "arn:aws:iam::000000000000:user/alice");
     assert_eq!(found[1]["decision"], "denied");
     assert_eq!(found[1]["errorCode"], "AccessDenied");
-    assert_eq!(found[1]["principal"], "arn:aws:iam::000000000000:user/reader");
+    assert_eq!(
+        found[1]["principal"],
+        "arn:aws:iam::000000000000:user/reader"
+    );
     api.store.finish().await;
 }
 
@@ -460,9 +461,11 @@ async fn mutating_requests_fail_rather_than_run_unaudited() {
         .await
         .expect("recreate");
     let state = &api.state;
-    wait_for("the audit trail to recover", Duration::from_secs(10), || async move {
-        state.audit.healthy().then_some(())
-    })
+    wait_for(
+        "the audit trail to recover",
+        Duration::from_secs(10),
+        || async move { state.audit.healthy().then_some(()) },
+    )
     .await;
     api.post("/v1/brokers", common::broker_body("third"))
         .await

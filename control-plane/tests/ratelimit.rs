@@ -56,10 +56,7 @@ async fn a_principal_over_its_burst_is_throttled_then_recovers() {
         "{passed} passed"
     );
     assert_eq!(throttled.status.as_u16(), 429, "{throttled:?}");
-    assert_eq!(
-        throttled.error_type.as_deref(),
-        Some("ThrottlingException")
-    );
+    assert_eq!(throttled.error_type.as_deref(), Some("ThrottlingException"));
     assert_eq!(throttled.json["message"], "Rate exceeded");
 
     // Another principal has a bucket of its own.
@@ -70,29 +67,48 @@ async fn a_principal_over_its_burst_is_throttled_then_recovers() {
     api.key = admin;
     let waited = Instant::now();
     let api_ref = &api;
-    wait_for("the bucket to refill", Duration::from_secs(5), || async move {
-        api_ref
-            .get("/v1/brokers")
-            .await
-            .status
-            .is_success()
-            .then_some(())
-    })
+    wait_for(
+        "the bucket to refill",
+        Duration::from_secs(5),
+        || async move {
+            api_ref
+                .get("/v1/brokers")
+                .await
+                .status
+                .is_success()
+                .then_some(())
+        },
+    )
     .await;
-    assert!(waited.elapsed() < Duration::from_secs(2), "{:?}", waited.elapsed());
+    assert!(
+        waited.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        waited.elapsed()
+    );
 
     // The refusal is in the audit trail. (Reading it costs a token too: wait for one.)
-    let page = wait_for("the throttled record", Duration::from_secs(5), || async move {
-        let reply = api_ref.get("/v1/audit-events?decision=throttled").await;
-        reply.status.is_success().then_some(reply.json).filter(|page| {
-            page["auditEvents"]
-                .as_array()
-                .is_some_and(|events| !events.is_empty())
-        })
-    })
+    let page = wait_for(
+        "the throttled record",
+        Duration::from_secs(5),
+        || async move {
+            let reply = api_ref.get("/v1/audit-events?decision=throttled").await;
+            reply
+                .status
+                .is_success()
+                .then_some(reply.json)
+                .filter(|page| {
+                    page["auditEvents"]
+                        .as_array()
+                        .is_some_and(|events| !events.is_empty())
+                })
+        },
+    )
     .await;
     let event = &page["auditEvents"][0];
-    assert_eq!(event["principal"], "arn:aws:iam::000000000000:user/test-admin");
+    assert_eq!(
+        event["principal"],
+        "arn:aws:iam::000000000000:user/test-admin"
+    );
     assert_eq!(event["httpStatus"], 429);
     assert_eq!(event["errorCode"], "ThrottlingException");
     api.store.finish().await;

@@ -150,7 +150,9 @@ mod tests {
         for i in 0..100 {
             assert!(limiter.check_at("alice", t0).is_ok(), "request {i}");
         }
-        let retry = limiter.check_at("alice", t0).expect_err("101st is throttled");
+        let retry = limiter
+            .check_at("alice", t0)
+            .expect_err("101st is throttled");
         // One token takes 1/15 s to refill.
         assert!(retry > ms(60) && retry <= ms(67), "{retry:?}");
     }
@@ -216,7 +218,9 @@ mod tests {
         let limiter = RateLimiter::new(10, 10.0); // full again after 1 s idle
         let t0 = Instant::now();
         for i in 0..1000 {
-            limiter.check_at(&format!("p{i}"), t0).expect("first request");
+            limiter
+                .check_at(&format!("p{i}"), t0)
+                .expect("first request");
         }
         assert_eq!(limiter.len(), 1000);
         // After the sweep interval, all of them are full and forgotten; only the new
