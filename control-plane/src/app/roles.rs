@@ -9,7 +9,7 @@
 //! resource, and handing them to the identity-policy engine: conditions,
 //! wildcards and explicit denies then mean what they mean everywhere else.
 
-use chrono::Utc;
+use chrono::{SubsecRound as _, Utc};
 use serde_json::{Map, Value as Json};
 
 use crate::auth::keys;
@@ -242,7 +242,8 @@ pub async fn role_create(store: &Store, new: &NewRole<'_>) -> Result<RoleRecord,
             name: new.name.to_owned(),
             path: "/".to_owned(),
             arn: super::principals::iam_arn(new.partition, new.account_id, "role", "/", new.name),
-            created_at: Utc::now(),
+            // Postgres keeps microseconds: what is returned is what is stored.
+            created_at: Utc::now().trunc_subsecs(6),
         },
         assume_role_policy: new.assume_role_policy.to_owned(),
         max_session_duration: new.max_session_duration,

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use rand::RngCore as _;
 use tokio::sync::watch;
 
@@ -189,6 +189,8 @@ pub async fn issue_session_at(
         "{TEMPORARY_KEY_PREFIX}{}",
         &keys::new_access_key_id()[TEMPORARY_KEY_PREFIX.len()..]
     );
+    // Postgres keeps microseconds: the expiration returned is the one stored.
+    let now = now.trunc_subsecs(6);
     let secret_access_key = keys::new_secret_access_key();
     let session_token = new_session_token();
     let expiration =
