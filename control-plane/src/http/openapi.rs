@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{audit, brokers, catalog, configurations, tags, users};
+use super::{audit, brokers, catalog, configurations, login, tags, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,7 @@ use super::{audit, brokers, catalog, configurations, tags, users};
         super::maintenance::describe_maintenance,
         super::maintenance::update_maintenance,
         audit::list_audit_events,
+        login::login,
     )
 )]
 pub struct ApiDoc;
