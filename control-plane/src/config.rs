@@ -305,7 +305,10 @@ impl std::fmt::Debug for AwsLoginConfig {
             .field("aws_login_server_id", &self.aws_login_server_id)
             .field("aws_login_region", &self.aws_login_region)
             .field("aws_login_iam_endpoint", &self.aws_login_iam_endpoint)
-            .field("aws_login_iam_access_key_id", &self.aws_login_iam_access_key_id)
+            .field(
+                "aws_login_iam_access_key_id",
+                &self.aws_login_iam_access_key_id,
+            )
             .finish_non_exhaustive()
     }
 }
