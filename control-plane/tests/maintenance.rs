@@ -7,11 +7,13 @@ mod common;
 
 use chrono::{DateTime, SubsecRound as _, TimeDelta, Utc};
 use common::{create_iam_user, TestApi, TestStore, ADMIN_POLICY};
+use mooring_agent_protocol::{EngineStatus, Generation, NodeId};
 use mooring_control_plane::app::AppState;
 use mooring_control_plane::config::ServeConfig;
 use mooring_control_plane::model::{BrokerState, DayOfWeek};
 use mooring_control_plane::plan::window::{next_start, MaintenanceWindow};
 use mooring_control_plane::reconcile::maintenance;
+use mooring_control_plane::store::NewNode;
 use mooring_control_plane::store::{
     ActionKind, ActionRecord, ActionSource, BrokerId, RunRecord, StoreError,
 };
@@ -82,7 +84,44 @@ impl Harness {
             )
             .await
             .expect("set RUNNING"));
+        self.add_serving_node(&bid).await;
         id
+    }
+
+    /// Records the broker's node as a started agent would: registered, engine ready, a
+    /// fresh heartbeat (the planner restarts only a node that serves).
+    async fn add_serving_node(&self, broker: &BrokerId) {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT_PORT: AtomicU16 = AtomicU16::new(21000);
+        let store = &self.api.state.store;
+        let id = NodeId(format!("{broker}-1"));
+        let port = NEXT_PORT.fetch_add(2, Ordering::Relaxed);
+        let node = NewNode {
+            id: id.clone(),
+            broker_id: broker.clone(),
+            ordinal: 1,
+            zone: "us-east-1a".into(),
+            host: "127.0.0.1".into(),
+            amqp_port: port,
+            admin_port: port + 1,
+            replication_port: None,
+        };
+        assert!(store
+            .node_insert(&node, Utc::now())
+            .await
+            .expect("node insert"));
+        store
+            .node_register(&id, "test", Generation(1), Utc::now())
+            .await
+            .expect("register");
+        let engine = EngineStatus {
+            ready: true,
+            ..Default::default()
+        };
+        store
+            .node_heartbeat(&id, Generation(1), &engine, None, Utc::now())
+            .await
+            .expect("heartbeat");
     }
 
     async fn describe(&self, id: &str) -> serde_json::Value {
@@ -216,7 +255,9 @@ async fn store_tables_on_both_backends() {
         s.maintenance_set_paused(false, now).await.expect("resume");
         assert!(!s.maintenance_paused().await.expect("paused"), "{backend}");
 
-        // Removing the broker removes its schedule and run.
+        // Removing the broker (its node first, as the reconciler does) removes its
+        // schedule and run.
+        s.node_remove(&NodeId(format!("{a}-1"))).await.expect("node remove");
         s.broker_remove(&a).await.expect("remove");
         assert!(
             s.maintenance_action_list(&a)

@@ -26,8 +26,9 @@
 //! Windows are read with [`AppState::clock`] (tests move it); node heartbeats are real
 //! time, so their ages are taken on the real clock.
 //!
-//! Replicated brokers (followers first, switchover, old leader last) are not patched here
-//! yet: their pending actions are scheduled and shown, and RebootBroker applies them.
+//! Replicated brokers are patched node by node by the same reboot request: the provisioning
+//! reconciler's rolling restart takes followers first, each back in sync before the next,
+//! then a switchover, then the old leader. Each start and end is a `patch-step` event.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,7 +40,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::app::maintenance::{broker_window, pending_in_row, window_spec};
 use crate::app::AppState;
 use crate::catalog::Catalog;
-use crate::model::{BrokerState, DeploymentMode, EngineType};
+use crate::model::{BrokerState, EngineType};
 use crate::plan::failover::{FailoverPolicy, LogPosition, ReplicaFacts, Role};
 use crate::plan::maintenance::{
     auto_minor_upgrade, next_step, FleetGate, MaintenanceStep, PatchNode, PendingAction,
@@ -47,6 +48,8 @@ use crate::plan::maintenance::{
 };
 use crate::plan::nodes::HEARTBEAT_FRESHNESS;
 use crate::plan::window::{is_open, next_start, schedule_at};
+use crate::reconcile::leadership::replica_facts;
+use crate::store::events::{kind, NewEvent};
 use crate::store::{
     ActionKind, ActionRecord, ActionSource, BrokerId, BrokerRecord, NodeRecord, RunRecord,
     StoreError,
@@ -304,25 +307,28 @@ async fn maintain(
     fleet: &mut Fleet,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    // Creation, reboot, deletion and repair come first; maintenance waits for RUNNING.
-    if b.state != BrokerState::Running {
+    // A deleted broker's rows go with it (cascade).
+    if b.state == BrokerState::DeletionInProgress {
         return Ok(());
     }
     let catalog = versions.of(b.engine_type);
-    if let Some(change) = auto_upgrade_change(b, catalog, rows) {
-        let mut spec = b.spec();
-        spec.pending_engine_version = change.clone();
-        match state.store.broker_update_spec(b, &spec, false).await {
-            Ok(_) => {
-                tracing::info!(broker = %b.id, from = %b.engine_version, to = ?change, "automatic minor version upgrade: pending engine version set");
-                state.wake_reconcilers();
+    // New pending versions only for a serving broker; creation, reboot and repair first.
+    if b.state == BrokerState::Running {
+        if let Some(change) = auto_upgrade_change(b, catalog, rows) {
+            let mut spec = b.spec();
+            spec.pending_engine_version = change.clone();
+            match state.store.broker_update_spec(b, &spec, false).await {
+                Ok(_) => {
+                    tracing::info!(broker = %b.id, from = %b.engine_version, to = ?change, "automatic minor version upgrade: pending engine version set");
+                    state.wake_reconcilers();
+                }
+                // Someone wrote the broker meanwhile: decide again on the next pass.
+                Err(StoreError::VersionConflict | StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e).context("setting the pending engine version"),
             }
-            // Someone wrote the broker meanwhile: decide again on the next pass.
-            Err(StoreError::VersionConflict | StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e).context("setting the pending engine version"),
+            // The row changed (or the write lost): the next pass schedules from a fresh read.
+            return Ok(());
         }
-        // The row changed (or the write lost): the next pass schedules from a fresh read.
-        return Ok(());
     }
 
     let (upserts, deletes) = schedule_changes(b, catalog, rows, now)?;
@@ -344,7 +350,8 @@ async fn maintain(
         .cloned()
         .collect();
     actions.extend(upserts);
-    if actions.is_empty() {
+    // Applying waits for RUNNING (a reboot in progress applies the row's changes itself).
+    if actions.is_empty() || b.state != BrokerState::Running {
         return Ok(());
     }
 
@@ -356,7 +363,20 @@ async fn maintain(
     }
     let nodes = state.store.node_list_for_broker(&b.id).await?;
     let skew = now - Utc::now();
-    let patch_nodes: Vec<PatchNode> = nodes.iter().map(|n| patch_node(n, false, skew)).collect();
+    let patch_nodes: Vec<PatchNode> = match state.store.replication_get(&b.id).await? {
+        // Replicated: roles, in-sync set and positions as failover sees them.
+        Some(leadership) => replica_facts(&leadership, &nodes)
+            .into_iter()
+            .map(|mut replica| {
+                replica.last_heartbeat = replica.last_heartbeat.map(|t| t + skew);
+                PatchNode {
+                    replica,
+                    patched: false,
+                }
+            })
+            .collect(),
+        None => nodes.iter().map(|n| patch_node(n, false, skew)).collect(),
+    };
     let pending: Vec<PendingAction> = actions
         .iter()
         .map(|a| PendingAction {
@@ -382,18 +402,17 @@ async fn maintain(
         now,
     );
     match step {
-        MaintenanceStep::RestartSingleInstance { node } => {
-            if b.deployment_mode != DeploymentMode::SingleInstance {
-                return Ok(());
-            }
-            tracing::info!(broker = %b.id, %node, "maintenance window open: applying pending actions");
+        // Every node serves and the broker may start: the pending changes become its spec
+        // and the provisioning reconciler restarts its nodes onto it — a single instance on
+        // its data directory; a replicated broker one node at a time, followers first, each
+        // back in sync before the next, a switchover, then the old leader (its rolling
+        // restart, `plan::failover::restart_gate`, in the order `next_step` names first).
+        MaintenanceStep::RestartSingleInstance { node }
+        | MaintenanceStep::RestartFollower { node }
+        | MaintenanceStep::RestartOldLeader { node }
+        | MaintenanceStep::Switchover { to: node } => {
+            tracing::info!(broker = %b.id, first = %node, "maintenance window open: applying pending actions");
             start_run(state, b, &actions, fleet).await
-        }
-        MaintenanceStep::RestartFollower { .. }
-        | MaintenanceStep::Switchover { .. }
-        | MaintenanceStep::RestartOldLeader { .. } => {
-            tracing::debug!(broker = %b.id, ?step, "rolling maintenance of replicated brokers is not implemented; RebootBroker applies the pending actions");
-            Ok(())
         }
         MaintenanceStep::WaitUntilInSync { node } => {
             tracing::debug!(broker = %b.id, %node, "maintenance waits for a node to serve");
@@ -443,6 +462,13 @@ async fn start_run(
                 actions = ?run.actions,
                 "maintenance step: restarting the node on the new spec"
             );
+            record_event(
+                state,
+                b,
+                format!("maintenance window: applying {}", describe(&run.actions)),
+                None,
+            )
+            .await;
             for a in actions {
                 state.store.maintenance_action_delete(&b.id, a.kind).await?;
             }
@@ -561,8 +587,46 @@ async fn finish_run(
                 duration_ms = took.num_milliseconds(),
                 "maintenance step: the broker runs the new spec"
             );
+            record_event(
+                state,
+                b,
+                format!("maintenance done: {}", describe(&run.actions)),
+                u64::try_from(took.num_milliseconds()).ok(),
+            )
+            .await;
             Ok(())
         }
+    }
+}
+
+fn describe(actions: &[(String, String)]) -> String {
+    actions
+        .iter()
+        .map(|(kind, target)| format!("{kind} -> {target}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `patch-step` event; a failure to record it is logged, never fatal to the patch (the
+/// log line above says the same).
+async fn record_event(
+    state: &AppState,
+    b: &BrokerRecord,
+    reason: String,
+    duration_ms: Option<u64>,
+) {
+    let event = NewEvent {
+        broker_id: b.id.clone(),
+        at: Utc::now(),
+        kind: kind::PATCH_STEP,
+        from_node: None,
+        to_node: None,
+        epoch: None,
+        reason,
+        duration_ms,
+    };
+    if let Err(e) = state.store.event_insert(&event).await {
+        tracing::warn!(broker = %b.id, "recording a maintenance event failed: {e:#}");
     }
 }
 
