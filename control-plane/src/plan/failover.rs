@@ -811,6 +811,8 @@ mod tests {
         only_leader[1].in_sync = false;
         only_leader[2].in_sync = false;
         let all = [id("a"), id("b"), id("c")];
+        let just_a = [id("a")];
+        let a_and_c = [id("a"), id("c")];
         let cases: Vec<(
             &str,
             &str,
@@ -833,7 +835,7 @@ mod tests {
                 "a",
                 Reboot,
                 &healthy,
-                &[id("a")],
+                &just_a,
                 SwitchOverFirst,
             ),
             (
@@ -841,7 +843,7 @@ mod tests {
                 "c",
                 Reboot,
                 &b_catching_up,
-                &[id("a"), id("c")],
+                &a_and_c,
                 Wait,
             ),
             (
@@ -849,7 +851,7 @@ mod tests {
                 "c",
                 Reboot,
                 &b_silent,
-                &[id("a"), id("c")],
+                &a_and_c,
                 Wait,
             ),
             (
