@@ -96,14 +96,9 @@ async fn create_broker_validation_errors() {
             "deploymentMode",
         ),
         (
-            "replicated",
-            json!({"deploymentMode": "ACTIVE_STANDBY_MULTI_AZ"}),
-            "deploymentMode",
-        ),
-        (
-            "cluster",
-            json!({"deploymentMode": "CLUSTER_MULTI_AZ"}),
-            "deploymentMode",
+            "replicated on mq.t3.micro",
+            json!({"deploymentMode": "CLUSTER_MULTI_AZ", "hostInstanceType": "mq.t3.micro"}),
+            "hostInstanceType",
         ),
         ("activemq", json!({"engineType": "ACTIVEMQ"}), "engineType"),
         (
@@ -179,7 +174,7 @@ async fn create_broker_validation_errors() {
     assert!(
         err["message"]
             .as_str()
-            .is_some_and(|m| m.contains("not yet supported")),
+            .is_some_and(|m| m.contains("exactly one user")),
         "{err}"
     );
     let err = api.post("/v1/brokers", json!({"brokerName": "b", "deploymentMode": "SINGLE_INSTANCE", "engineType": "ACTIVEMQ"})).await.error("BadRequestException", 400);

@@ -23,7 +23,8 @@ use crate::engine::storage::Applier;
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_millis(1000);
+/// Short: a follower told of a new leader may try before that node has been promoted.
+const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// Whom to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -77,7 +77,10 @@ struct Leading {
     start_position: u64,
     lease_until: Option<Instant>,
     recorded: Option<Vec<NodeId>>,
+    /// Starts as the first recorded set the control plane answers with (so that a new leader
+    /// neither waits for a dead predecessor nor drops a live follower on its first tick).
     proposed: BTreeSet<NodeId>,
+    seeded: bool,
     followers: BTreeMap<NodeId, FollowerInfo>,
     peers: Vec<NodeId>,
     /// (when, position), one per tick, for the lag floor.
@@ -202,7 +205,7 @@ impl Hub {
             }
         };
         let now = Instant::now();
-        let proposed: BTreeSet<NodeId> = peers.iter().cloned().collect();
+        let proposed = BTreeSet::from([self.config.me.clone()]);
         st.leading = Some(Leading {
             stream,
             since: now,
@@ -210,6 +213,7 @@ impl Hub {
             lease_until: None,
             recorded: None,
             proposed,
+            seeded: false,
             followers: BTreeMap::new(),
             peers,
             samples: VecDeque::new(),
@@ -377,6 +381,15 @@ impl Hub {
             }
             if let Some(set) = &pointer.in_sync {
                 l.recorded = Some(set.clone());
+                if !l.seeded {
+                    l.proposed = set
+                        .iter()
+                        .filter(|n| l.peers.contains(n))
+                        .cloned()
+                        .collect();
+                    l.proposed.insert(self.config.me.clone());
+                    l.seeded = true;
+                }
             }
             if pointer.release_lease {
                 st.released = true;
@@ -402,7 +415,7 @@ impl Hub {
             {
                 l.samples.pop_front();
             }
-            if now >= l.since + lag {
+            if l.seeded && now >= l.since + lag {
                 let floor = lag_floor(&l.samples, now, lag, l.start_position);
                 l.proposed = propose(&me, &l.peers, &l.proposed, &l.followers, floor);
             }
@@ -441,7 +454,7 @@ impl Hub {
         let st = self.state.lock();
         let now = Instant::now();
         let (proposed_in_sync, followers) = match &st.leading {
-            Some(l) => {
+            Some(l) if l.seeded => {
                 let floor = lag_floor(&l.samples, now, self.config.lag_timeout, l.start_position);
                 (
                     l.proposed.iter().cloned().collect(),
@@ -455,7 +468,7 @@ impl Hub {
                         .collect(),
                 )
             }
-            None => (Vec::new(), Vec::new()),
+            _ => (Vec::new(), Vec::new()),
         };
         ReplicationStatus {
             epoch: Epoch(st.epoch),

@@ -15,8 +15,11 @@ pub struct InstanceTypeSpec {
     pub deployment_modes: &'static [DeploymentMode],
 }
 
+/// Mooring serves active/standby RabbitMQ brokers too (the same leader/follower replication
+/// as its clusters, with one follower); Amazon MQ offers that mode for ActiveMQ only.
 const ALL_MODES: &[DeploymentMode] = &[
     DeploymentMode::SingleInstance,
+    DeploymentMode::ActiveStandbyMultiAz,
     DeploymentMode::ClusterMultiAz,
 ];
 

@@ -215,8 +215,11 @@ def test_errors_as_the_cli_prints_them(aws):
 
     assert "unknown variant" in create_with("KAFKA", "SINGLE_INSTANCE")
     assert "RABBITMQ" in create_with("ACTIVEMQ", "SINGLE_INSTANCE")
-    assert "not yet supported" in create_with("RABBITMQ", "ACTIVE_STANDBY_MULTI_AZ")
-    assert "not yet supported" in create_with("RABBITMQ", "CLUSTER_MULTI_AZ")
+    # Replicated modes are served, but not on mq.t3.micro (as in Amazon MQ).
+    message = aws.fails("BadRequestException", "create-broker", "--broker-name", unique("e"), "--deployment-mode",
+                        "CLUSTER_MULTI_AZ", "--engine-type", "RABBITMQ", "--host-instance-type", "mq.t3.micro",
+                        "--no-publicly-accessible", "--users", f"Username=admin,Password={PASSWORD}")
+    assert "does not support deployment mode CLUSTER_MULTI_AZ" in message
 
     unknown = "b-00000000-0000-0000-0000-000000000000"
     message = aws.fails("NotFoundException", "describe-broker", "--broker-id", unknown)

@@ -1,0 +1,340 @@
+//! Replicated brokers with real `mooring-agent run` processes (one leader, followers) against a
+//! fake control plane: confirmed messages survive SIGKILL of the leader and a promotion; a
+//! leader frozen past its lease confirms nothing once another node was promoted; followers
+//! refuse AMQP clients naming the leader.
+
+mod replication_support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use mooring_tests::wait_for;
+use parking_lot::Mutex;
+use replication_support::Cluster;
+
+const QUEUE: &str = "replicated";
+
+async fn connect(uri: &str) -> Result<Connection> {
+    Ok(tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    .context("connect timed out")??)
+}
+
+/// Connects once the node serves AMQP (the engine of a leader is up).
+async fn connect_when_serving(cluster: &Cluster, i: usize) -> Result<Connection> {
+    let uri = cluster.uri(i);
+    wait_for(Duration::from_secs(60), "the leader to serve AMQP", || {
+        let uri = uri.clone();
+        async move { connect(&uri).await.map(Some) }
+    })
+    .await
+    .with_context(|| cluster.logs())
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// Publishes `probe` with confirms on node `i` until one is acked; returns when it was.
+async fn first_confirmed_publish(cluster: &Cluster, i: usize) -> Result<Instant> {
+    let uri = cluster.uri(i);
+    wait_for(
+        Duration::from_secs(60),
+        "a confirmed publish on the new leader",
+        || {
+            let uri = uri.clone();
+            async move {
+                let conn = connect(&uri).await?;
+                let ch = conn.create_channel().await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        QUEUE.into(),
+                        BasicPublishOptions::default(),
+                        b"probe",
+                        persistent(),
+                    )
+                    .await?;
+                let c = tokio::time::timeout(Duration::from_secs(10), confirm)
+                    .await
+                    .context("probe confirm timed out")??;
+                let _ = conn.close(200, "bye".into()).await;
+                Ok(matches!(c, Confirmation::Ack(_)).then(Instant::now))
+            }
+        },
+    )
+    .await
+    .with_context(|| cluster.logs())
+}
+
+/// Takes every message of the queue on node `i`; returns the sequence numbers (probes skipped)
+/// and how many were seen twice.
+async fn drain(cluster: &Cluster, i: usize) -> Result<(BTreeSet<u64>, usize)> {
+    let conn = connect(&cluster.uri(i)).await?;
+    let ch = conn.create_channel().await?;
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    for _ in 0..1_000_000 {
+        let Some(msg) = ch
+            .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })
+            .await?
+        else {
+            break;
+        };
+        let body = &msg.delivery.data;
+        if body == b"probe" {
+            continue;
+        }
+        let seq: u64 = std::str::from_utf8(body)?.parse()?;
+        if !seen.insert(seq) {
+            duplicates += 1;
+        }
+    }
+    Ok((seen, duplicates))
+}
+
+async fn refusal_text(cluster: &Cluster, i: usize) -> Option<String> {
+    connect(&cluster.uri(i))
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let conn = connect_when_serving(&cluster, 0).await?;
+    cluster
+        .wait_all_in_sync()
+        .await
+        .with_context(|| cluster.logs())?;
+
+    // A follower refuses clients, naming the leader and its address.
+    let text = refusal_text(&cluster, 1)
+        .await
+        .context("a follower accepted a client")?;
+    assert!(
+        text.contains("b-repl-1") && text.contains(&cluster.nodes[0].amqp.to_string()),
+        "refusal reason: {text}"
+    );
+
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    ch.queue_declare(
+        QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    let confirmed: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let publisher = {
+        let confirmed = confirmed.clone();
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            loop {
+                let mut batch = Vec::new();
+                for _ in 0..10 {
+                    let c = ch
+                        .basic_publish(
+                            "".into(),
+                            QUEUE.into(),
+                            BasicPublishOptions::default(),
+                            seq.to_string().as_bytes(),
+                            persistent(),
+                        )
+                        .await?;
+                    batch.push((seq, c));
+                    seq += 1;
+                }
+                for (seq, c) in batch {
+                    match tokio::time::timeout(Duration::from_secs(10), c).await?? {
+                        Confirmation::Ack(_) => {
+                            confirmed.lock().insert(seq);
+                        }
+                        other => bail!("publish {seq}: {other:?}"),
+                    }
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    wait_for(Duration::from_secs(60), "300 confirmed publishes", || {
+        let n = confirmed.lock().len();
+        std::future::ready(Ok((n >= 300).then_some(())))
+    })
+    .await
+    .with_context(|| cluster.logs())?;
+
+    cluster.kill9(0)?;
+    let killed = Instant::now();
+    // The publisher's connection dies with the leader.
+    let _ = tokio::time::timeout(Duration::from_secs(15), publisher).await;
+    let acked = confirmed.lock().clone();
+
+    let new = cluster.promote_best(0).await?;
+    let first = first_confirmed_publish(&cluster, new).await?;
+    println!(
+        "failover: kill to first confirmed publish on the new leader ({}) took {} ms (lease {} ms)",
+        cluster.nodes[new].id,
+        (first - killed).as_millis(),
+        replication_support::LEASE_MS
+    );
+
+    let (present, duplicates) = drain(&cluster, new).await?;
+    let lost: Vec<u64> = acked.difference(&present).copied().collect();
+    println!(
+        "confirmed {}, present {}, duplicates {duplicates}",
+        acked.len(),
+        present.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "confirmed messages lost: {lost:?}\n{}",
+        cluster.logs()
+    );
+
+    // The remaining follower now names the new leader.
+    let other = (1..3).find(|i| *i != new).expect("three nodes");
+    let new_id = cluster.nodes[new].id.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the follower to name the new leader",
+        || {
+            let cluster = &cluster;
+            let new_id = new_id.clone();
+            async move {
+                Ok(refusal_text(cluster, other)
+                    .await
+                    .filter(|t| t.contains(&new_id)))
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_lease_confirms_nothing_after_a_promotion() -> Result<()> {
+    let cluster = Cluster::start(2).await?;
+    let conn = connect_when_serving(&cluster, 0).await?;
+    cluster
+        .wait_all_in_sync()
+        .await
+        .with_context(|| cluster.logs())?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    ch.queue_declare(
+        QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    // (seq, acked, when the outcome was seen)
+    type Outcomes = Arc<Mutex<Vec<(u64, bool, Instant)>>>;
+    let outcomes: Outcomes = Arc::default();
+    let publisher = {
+        let outcomes = outcomes.clone();
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            loop {
+                let mut batch = Vec::new();
+                for _ in 0..20 {
+                    let c = ch
+                        .basic_publish(
+                            "".into(),
+                            QUEUE.into(),
+                            BasicPublishOptions::default(),
+                            seq.to_string().as_bytes(),
+                            persistent(),
+                        )
+                        .await?;
+                    batch.push((seq, c));
+                    seq += 1;
+                }
+                for (seq, c) in batch {
+                    let acked = matches!(c.await?, Confirmation::Ack(_));
+                    outcomes.lock().push((seq, acked, Instant::now()));
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    wait_for(Duration::from_secs(60), "200 confirmed publishes", || {
+        let n = outcomes.lock().iter().filter(|o| o.1).count();
+        std::future::ready(Ok((n >= 200).then_some(())))
+    })
+    .await
+    .with_context(|| cluster.logs())?;
+
+    cluster.signal(0, "STOP")?;
+    let new = cluster.promote_best(0).await?;
+    assert_eq!(new, 1);
+    first_confirmed_publish(&cluster, new).await?;
+    cluster.signal(0, "CONT")?;
+    let resumed = Instant::now();
+    // The old leader wakes up, heartbeats, learns it was demoted: give it time to misbehave.
+    let old_id = cluster.nodes[0].id.clone();
+    let new_id = cluster.nodes[1].id.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader to refuse, naming the new one",
+        || {
+            let cluster = &cluster;
+            let new_id = new_id.clone();
+            async move {
+                Ok(refusal_text(cluster, 0)
+                    .await
+                    .filter(|t| t.contains(&new_id)))
+            }
+        },
+    )
+    .await
+    .with_context(|| cluster.logs())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher.abort();
+
+    let outcomes = outcomes.lock().clone();
+    let late_acks: Vec<u64> = outcomes
+        .iter()
+        .filter(|(_, acked, at)| *acked && *at > resumed)
+        .map(|(seq, _, _)| *seq)
+        .collect();
+    assert!(
+        late_acks.is_empty(),
+        "{old_id} confirmed {late_acks:?} after it was resumed and {new_id} promoted\n{}",
+        cluster.logs()
+    );
+    let acked: BTreeSet<u64> = outcomes.iter().filter(|o| o.1).map(|o| o.0).collect();
+    let (present, duplicates) = drain(&cluster, new).await?;
+    let lost: Vec<u64> = acked.difference(&present).copied().collect();
+    println!(
+        "frozen leader: confirmed {}, present {}, duplicates {duplicates}",
+        acked.len(),
+        present.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "confirmed messages lost: {lost:?}\n{}",
+        cluster.logs()
+    );
+    Ok(())
+}
