@@ -203,6 +203,120 @@ mod tests {
         assert_eq!(parse_error("").1, "(empty answer)");
     }
 
+    /// A one-shot HTTP server: answers `status` with `body` and hands back the raw
+    /// request it read (headers and body).
+    async fn one_shot(
+        status: &'static str,
+        body: &'static str,
+    ) -> (reqwest::Url, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = reqwest::Url::parse(&format!("http://{}/", listener.local_addr().expect("addr")))
+            .expect("url");
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read until the headers and the announced body are in.
+            loop {
+                let n = socket.read(&mut buf).await.expect("read");
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if raw.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&raw).to_string()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn the_request_is_forwarded_verbatim_and_the_identity_read() {
+        let (url, seen) = one_shot("200 OK", ANSWER).await;
+        let headers = vec![
+            ("X-Mooring-Server-ID".to_owned(), "server-1".to_owned()),
+            (
+                "Authorization".to_owned(),
+                "AWS4-HMAC-SHA256 Credential=x".to_owned(),
+            ),
+            // Hop-by-hop: must not be forwarded (a stale length would corrupt the body).
+            ("Content-Length".to_owned(), "999".to_owned()),
+            ("Connection".to_owned(), "upgrade".to_owned()),
+        ];
+        let body = b"Action=GetCallerIdentity&Version=2011-06-15".to_vec();
+        let id = get_caller_identity(&client(Duration::from_secs(5)), url, &headers, body)
+            .await
+            .expect("identity");
+        assert_eq!(id.account, "123456789012");
+        let raw = seen.await.expect("server task").to_ascii_lowercase();
+        assert!(raw.starts_with("post / http/1.1\r\n"), "{raw}");
+        assert!(raw.contains("x-mooring-server-id: server-1\r\n"), "{raw}");
+        assert!(
+            raw.contains("authorization: aws4-hmac-sha256 credential=x\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("content-length: 43\r\n"), "{raw}");
+        assert!(!raw.contains("999") && !raw.contains("upgrade"), "{raw}");
+        assert!(
+            raw.ends_with("\r\n\r\naction=getcalleridentity&version=2011-06-15"),
+            "{raw}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sts_refusals_keep_their_code() {
+        let (url, _seen) = one_shot(
+            "403 Forbidden",
+            "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error></ErrorResponse>",
+        )
+        .await;
+        let err = get_caller_identity(&client(Duration::from_secs(5)), url, &[], Vec::new())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&err, StsError::Rejected { status: 403, code, .. } if code == "SignatureDoesNotMatch"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (url, _seen) = one_shot(
+            "307 Temporary Redirect\r\nlocation: http://169.254.169.254/",
+            "",
+        )
+        .await;
+        let err = get_caller_identity(&client(Duration::from_secs(5)), url, &[], Vec::new())
+            .await
+            .expect_err("a redirect is an error, not a second request");
+        assert!(
+            matches!(err, StsError::Rejected { status: 307, .. }),
+            "{err:?}"
+        );
+    }
+
     #[tokio::test]
     async fn an_endpoint_that_is_down_is_unreachable() {
         // Bind then drop: the port is (almost surely) closed for the next moment.
