@@ -135,3 +135,31 @@ def test_the_audit_route_pages_and_validates(control_plane):
     assert status == 400 and headers["x-amzn-ErrorType"] == "BadRequestException", body
     status, headers, body = control_plane.http("GET", "/v1/audit-events?startTime=not-a-time")
     assert status == 400 and body["errorAttribute"] == "startTime", body
+
+
+def test_an_acknowledged_change_survives_kill_9_in_the_trail(tmp_path, control_plane_kit):
+    Aws, ControlPlane, _ = control_plane_kit
+    data_dir = tmp_path / "cp"
+    args = ("--agent-binary", str(tmp_path / "no-agent-here"))
+    cp = ControlPlane(data_dir, extra_args=args)
+    try:
+        aws = Aws(cp.endpoint, tmp_path, cp.credentials_file)
+        broker = create_broker(aws, unique("doomed"))
+        code, _, err = aws.run("delete-broker", "--broker-id", broker["BrokerId"], "--debug")
+        assert code == 0, err[-2000:]
+        delete_id = request_id_of(err)
+    finally:
+        # No graceful shutdown: nothing gets a chance to flush.
+        cp.process.kill()
+        cp.process.wait(10)
+        cp.stop()
+    (data_dir / "listen").unlink()
+    restarted = ControlPlane(data_dir, extra_args=args)
+    try:
+        events = audit_events(restarted, action="mq:DeleteBroker")["auditEvents"]
+        assert [e["requestId"] for e in events] == [delete_id], events
+        assert events[0]["decision"] == "allowed" and events[0]["resource"] == broker["BrokerArn"]
+        created = audit_events(restarted, action="mq:CreateBroker")["auditEvents"]
+        assert len(created) == 1 and created[0]["httpStatus"] == 200, created
+    finally:
+        restarted.stop()
