@@ -21,6 +21,8 @@ use crate::app::AppState;
 use crate::auth::policy::{Policy, PolicyError};
 use crate::store::{PrincipalKind, RoleRecord, StoreError, MAX_PRINCIPAL_TAGS};
 
+/// The longest session a role session may get by assuming another role.
+const ROLE_CHAINING_LIMIT: Duration = Duration::from_secs(3600);
 /// Longest tag key and value IAM accepts, in characters.
 const MAX_TAG_KEY_CHARS: usize = 128;
 const MAX_TAG_VALUE_CHARS: usize = 256;
@@ -291,6 +293,13 @@ async fn assume_role(
             ))
         })?),
     };
+    // Role chaining: a role session may assume a role for at most an hour, as in AWS.
+    let chained = caller.session.as_ref().is_some_and(|s| s.role.is_some());
+    if chained && duration > ROLE_CHAINING_LIMIT {
+        return Err(validation(
+            "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.",
+        ));
+    }
     let session_policy = params.get("Policy").filter(|p| !p.is_empty());
     if let Some(doc) = session_policy {
         Policy::parse(doc).map_err(|e| malformed(&e))?;

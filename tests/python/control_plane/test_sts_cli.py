@@ -143,6 +143,21 @@ def test_who_may_assume_a_role(aws, cli):
     assume(stranger, root_role)
 
 
+def test_role_chaining(aws, cli):
+    _, user_arn, user = new_user(aws, cli, doc(allow("sts:AssumeRole")))
+    _, first_arn = new_role(aws, trust(user_arn), doc(allow("sts:AssumeRole")))
+    second, second_arn = new_role(aws, trust(first_arn), doc(allow("mq:List*")), "--max-session-duration", "7200")
+    first = cli(assume(user, first_arn)["Credentials"])
+    first.fails("ForbiddenException", "list-brokers")
+    # The user itself is not trusted by the second role.
+    user.fails("AccessDenied", "assume-role", "--role-arn", second_arn, "--role-session-name", "xy", service="sts")
+    # A role session may chain for at most an hour, whatever the role allows.
+    first.fails("ValidationError", "assume-role", "--role-arn", second_arn, "--role-session-name", "xy", "--duration-seconds", "7200", service="sts")
+    out = assume(first, second_arn)
+    assert out["AssumedRoleUser"]["Arn"].endswith(f":assumed-role/{second}/s1")
+    cli(out["Credentials"]).ok("list-brokers")
+
+
 def test_bad_requests_are_refused_as_aws_does(aws, cli):
     _, user_arn, user = new_user(aws, cli, doc(allow("sts:AssumeRole")))
     message = aws.fails(
