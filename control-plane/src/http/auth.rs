@@ -139,7 +139,8 @@ impl VerifiedCaller {
     /// role's trust policy is evaluated against.
     pub fn context(&self, action: &str, resource: &str) -> RequestContext {
         let mut ctx = RequestContext::new(action, resource);
-        ctx.set_current_time(Utc::now()).set_secure_transport(super::audit::secure_transport());
+        ctx.set_current_time(Utc::now())
+            .set_secure_transport(super::audit::secure_transport());
         match self.session.as_ref().and_then(|s| s.role.as_ref()) {
             // A role session has no aws:username; aws:PrincipalArn is the role's ARN.
             Some(role) => ctx.set_principal(None, &self.user.id, &role.arn),
