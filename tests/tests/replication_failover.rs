@@ -104,6 +104,55 @@ async fn drain(cluster: &Cluster, i: usize) -> Result<(BTreeSet<u64>, usize)> {
     Ok((seen, duplicates))
 }
 
+/// Publishes `from..` with confirms (10 in flight) until the connection fails; every acked
+/// sequence number goes into `confirmed`.
+fn spawn_publisher(
+    ch: lapin::Channel,
+    from: u64,
+    confirmed: Arc<Mutex<BTreeSet<u64>>>,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let mut seq = from;
+        loop {
+            let mut batch = Vec::new();
+            for _ in 0..10 {
+                let c = ch
+                    .basic_publish(
+                        "".into(),
+                        QUEUE.into(),
+                        BasicPublishOptions::default(),
+                        seq.to_string().as_bytes(),
+                        persistent(),
+                    )
+                    .await?;
+                batch.push((seq, c));
+                seq += 1;
+            }
+            for (seq, c) in batch {
+                match tokio::time::timeout(Duration::from_secs(10), c).await?? {
+                    Confirmation::Ack(_) => {
+                        confirmed.lock().insert(seq);
+                    }
+                    other => bail!("publish {seq}: {other:?}"),
+                }
+            }
+        }
+    })
+}
+
+async fn wait_confirmed(
+    cluster: &Cluster,
+    confirmed: &Mutex<BTreeSet<u64>>,
+    n: usize,
+) -> Result<()> {
+    wait_for(Duration::from_secs(60), "confirmed publishes", || {
+        let len = confirmed.lock().len();
+        std::future::ready(Ok((len >= n).then_some(())))
+    })
+    .await
+    .with_context(|| cluster.logs())
+}
+
 async fn refusal_text(cluster: &Cluster, i: usize) -> Option<String> {
     connect(&cluster.uri(i))
         .await
@@ -141,50 +190,13 @@ async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
     )
     .await?;
     let confirmed: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
-    let publisher = {
-        let confirmed = confirmed.clone();
-        tokio::spawn(async move {
-            let mut seq = 0u64;
-            loop {
-                let mut batch = Vec::new();
-                for _ in 0..10 {
-                    let c = ch
-                        .basic_publish(
-                            "".into(),
-                            QUEUE.into(),
-                            BasicPublishOptions::default(),
-                            seq.to_string().as_bytes(),
-                            persistent(),
-                        )
-                        .await?;
-                    batch.push((seq, c));
-                    seq += 1;
-                }
-                for (seq, c) in batch {
-                    match tokio::time::timeout(Duration::from_secs(10), c).await?? {
-                        Confirmation::Ack(_) => {
-                            confirmed.lock().insert(seq);
-                        }
-                        other => bail!("publish {seq}: {other:?}"),
-                    }
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), anyhow::Error>(())
-        })
-    };
-    wait_for(Duration::from_secs(60), "300 confirmed publishes", || {
-        let n = confirmed.lock().len();
-        std::future::ready(Ok((n >= 300).then_some(())))
-    })
-    .await
-    .with_context(|| cluster.logs())?;
+    let publisher = spawn_publisher(ch, 0, confirmed.clone());
+    wait_confirmed(&cluster, &confirmed, 300).await?;
 
     cluster.kill9(0)?;
     let killed = Instant::now();
     // The publisher's connection dies with the leader.
     let _ = tokio::time::timeout(Duration::from_secs(15), publisher).await;
-    let acked = confirmed.lock().clone();
 
     let new = cluster.promote_best(0).await?;
     let first = first_confirmed_publish(&cluster, new).await?;
@@ -194,6 +206,28 @@ async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
         (first - killed).as_millis(),
         replication_support::LEASE_MS
     );
+
+    // The old leader returns: told it follows under the new epoch, it drops whatever it had
+    // beyond the new leader's log (a full resync) and rejoins the in-sync set.
+    cluster.spawn(0)?;
+    cluster
+        .wait_all_in_sync()
+        .await
+        .with_context(|| cluster.logs())?;
+
+    // More confirmed publishes, then the second leader dies too; the best in-sync node (the
+    // returned one or the third) must hold everything confirmed in both phases.
+    let conn = connect_when_serving(&cluster, new).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let before = confirmed.lock().len();
+    let publisher = spawn_publisher(ch, 1_000_000, confirmed.clone());
+    wait_confirmed(&cluster, &confirmed, before + 200).await?;
+    cluster.kill9(new)?;
+    let _ = tokio::time::timeout(Duration::from_secs(15), publisher).await;
+    let acked = confirmed.lock().clone();
+    let new = cluster.promote_best(new).await?;
+    first_confirmed_publish(&cluster, new).await?;
 
     let (present, duplicates) = drain(&cluster, new).await?;
     let lost: Vec<u64> = acked.difference(&present).copied().collect();
@@ -208,8 +242,12 @@ async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
         cluster.logs()
     );
 
-    // The remaining follower now names the new leader.
-    let other = (1..3).find(|i| *i != new).expect("three nodes");
+    // A follower now names the newest leader.
+    let other = cluster
+        .nodes
+        .iter()
+        .position(|n| n.child.is_some() && n.id != cluster.nodes[new].id)
+        .expect("a live follower");
     let new_id = cluster.nodes[new].id.clone();
     wait_for(
         Duration::from_secs(30),

@@ -36,6 +36,7 @@ use super::ledger::Ledger;
 use super::node::Node;
 use super::session::Session;
 use super::RunArgs;
+use crate::engine::storage::replica::RESYNC_MARKER;
 use crate::engine::storage::Tap;
 use crate::replication::follower::{self, Target};
 use crate::replication::{leader, refuse, Hub, HubConfig};
@@ -310,6 +311,19 @@ async fn step(
 }
 
 async fn start_engine(inner: &Arc<Inner>, config: Option<&DesiredConfig>) {
+    let marker = inner.args.data_dir.join("engine").join(RESYNC_MARKER);
+    if marker.exists() {
+        // Promoted in the middle of a full resync: the files are a partial copy. Serving them
+        // would lose confirmed messages; staying down (`ready: false`) lets the control plane
+        // choose another node.
+        tracing::error!(
+            "told to lead, but a full resync from the previous leader was interrupted ({}): \
+             refusing to serve a partial copy",
+            marker.display()
+        );
+        inner.hub.fence();
+        return;
+    }
     let tap = Tap(inner.hub.clone());
     let mut attempt = 0;
     loop {

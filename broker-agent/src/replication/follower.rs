@@ -163,7 +163,7 @@ async fn session(
             match wire::decode(&body)? {
                 Msg::Snapshot { op } => applier.apply(&op).context("applying the snapshot")?,
                 Msg::SnapshotEnd { at } => {
-                    applier.sync().context("fsync after the resync")?;
+                    applier.finish_resync().context("fsync after the resync")?;
                     hub.reset_to(at);
                     wire::write_msg(&mut wr, &Msg::Ack { lsn: at.lsn }).await?;
                     tracing::info!(lsn = at.lsn, "resync complete");

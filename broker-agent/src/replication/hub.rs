@@ -741,6 +741,36 @@ mod tests {
         assert!(matches!(w3.now_or_never(), Some(Err(_))));
     }
 
+    #[tokio::test]
+    async fn a_released_lease_stops_confirms_until_granted_again() {
+        use futures::FutureExt;
+        let hub = Hub::new(HubConfig::new(n("a")));
+        hub.become_leader(3, vec![n("a"), n("b")]);
+        hub.on_pointer(Instant::now(), &pointer(3, 5_000, &["a", "b"]));
+        hub.record(FileOp::CreateFile { path: "x" });
+        let lsn = hub.position();
+        let mut release = pointer(3, 5_000, &["a", "b"]);
+        release.lease = None;
+        release.release_lease = true;
+        hub.on_pointer(Instant::now(), &release);
+        let status = hub.status();
+        assert!(status.lease_released);
+        assert_eq!(
+            status.position, lsn,
+            "the final position the follower must reach"
+        );
+        let mut w = hub.replicated(lsn);
+        hub.follower_update(&n("b"), |f| f.acked = lsn);
+        assert!(
+            (&mut w).now_or_never().is_none(),
+            "released: nothing confirmed"
+        );
+        // The switchover is called off: a lease under our epoch again.
+        hub.on_pointer(Instant::now(), &pointer(3, 5_000, &["a", "b"]));
+        assert!(!hub.status().lease_released);
+        assert!(matches!(w.now_or_never(), Some(Ok(()))));
+    }
+
     #[test]
     fn window_resume_and_eviction() {
         let mut cfg = HubConfig::new(n("a"));

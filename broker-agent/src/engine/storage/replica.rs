@@ -97,6 +97,10 @@ impl DirTap {
     }
 }
 
+/// Present in a storage directory while a full resync is under way: its files are then a
+/// partial copy, and the node must not lead on them.
+pub const RESYNC_MARKER: &str = "RESYNC-IN-PROGRESS";
+
 /// Applies operations to a follower's storage directory. Keeps the files it writes open
 /// (segments receive many appends); every removal or rename drops the cache.
 pub struct Applier {
@@ -133,7 +137,7 @@ impl Applier {
                 format!("replicated path {path:?} is not a plain relative path"),
             ));
         }
-        if path == super::LOCK_FILE {
+        if path == super::LOCK_FILE || path == RESYNC_MARKER {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "replicated path names the storage lock file",
@@ -216,6 +220,14 @@ impl Applier {
             }
         }
         std::fs::create_dir_all(self.root.join("queues"))?;
+        File::create(self.root.join(RESYNC_MARKER))?.sync_all()?;
+        File::open(&self.root)?.sync_all()
+    }
+
+    /// The end of a full resync: everything applied is fsync'd, then the marker goes.
+    pub fn finish_resync(&mut self) -> io::Result<()> {
+        self.sync()?;
+        ignore_not_found(std::fs::remove_file(self.root.join(RESYNC_MARKER)))?;
         File::open(&self.root)?.sync_all()
     }
 
