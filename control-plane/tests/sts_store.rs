@@ -381,3 +381,63 @@ async fn roles_tags_conflicts_and_paging() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn the_cleanup_loop_sweeps_old_sessions_and_stops() {
+    let t = common::sqlite_store().await;
+    let s = &t.store;
+    let (master, _) = MasterKey::generate();
+    let ops = role(s, "ops").await;
+    let issue = |hours_ago: i64| {
+        let (ops, master) = (ops.clone(), master.clone());
+        async move {
+            issue_session_at(
+                s,
+                &master,
+                SessionPrincipal::Role {
+                    role: &ops,
+                    session_name: "sweep",
+                },
+                Duration::from_secs(900),
+                None,
+                "arn:aws:iam::000000000000:root",
+                Utc::now() - chrono::Duration::hours(hours_ago),
+            )
+            .await
+            .expect("issued")
+        }
+    };
+    let long_gone = issue(3).await;
+    // Expired 45 minutes ago: kept, so that it still answers "expired".
+    let recent = issue(1).await;
+    let live = issue(0).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sessions::cleanup_loop(s.clone(), stop_rx));
+    // The first sweep runs at once; wait for it with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s
+        .session_get(&long_gone.access_key_id)
+        .await
+        .expect("read")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep did not remove the old session within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for kept in [&recent, &live] {
+        assert!(s
+            .session_get(&kept.access_key_id)
+            .await
+            .expect("read")
+            .is_some());
+    }
+    stop_tx.send(true).expect("the loop listens");
+    tokio::time::timeout(Duration::from_secs(5), sweeper)
+        .await
+        .expect("the loop stops when told")
+        .expect("the loop did not panic");
+    t.finish().await;
+}
