@@ -813,14 +813,15 @@ mod tests {
         let all = [id("a"), id("b"), id("c")];
         let just_a = [id("a")];
         let a_and_c = [id("a"), id("c")];
-        let cases: Vec<(
-            &str,
-            &str,
+        type Case<'a> = (
+            &'a str,
+            &'a str,
             RestartCause,
-            &Vec<ReplicaFacts>,
-            &[NodeId],
+            &'a Vec<ReplicaFacts>,
+            &'a [NodeId],
             RestartGate,
-        )> = vec![
+        );
+        let cases: Vec<Case<'_>> = vec![
             ("a follower first", "b", Reboot, &healthy, &all, Go),
             (
                 "the leader waits for the followers",
@@ -846,14 +847,7 @@ mod tests {
                 &a_and_c,
                 Wait,
             ),
-            (
-                "or back alive",
-                "c",
-                Reboot,
-                &b_silent,
-                &a_and_c,
-                Wait,
-            ),
+            ("or back alive", "c", Reboot, &b_silent, &a_and_c, Wait),
             (
                 "a dead leader waits for the failover",
                 "a",

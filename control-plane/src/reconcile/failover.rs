@@ -99,17 +99,17 @@ pub async fn pass(state: &AppState, timing: &Timing) -> anyhow::Result<()> {
             BrokerState::CriticalActionRequired => action.is_none(),
             _ => false,
         };
-        if state_moves || action != leadership.action_required.as_deref() {
-            if store
+        let needs_write = state_moves || action != leadership.action_required.as_deref();
+        if needs_write
+            && store
                 .replication_set_status(&leadership.broker_id, action, now)
                 .await?
-            {
-                match action {
-                    Some(code) => {
-                        tracing::warn!(broker = %leadership.broker_id, code, "broker runs without redundancy")
-                    }
-                    None => tracing::info!(broker = %leadership.broker_id, "redundancy restored"),
+        {
+            match action {
+                Some(code) => {
+                    tracing::warn!(broker = %leadership.broker_id, code, "broker runs without redundancy")
                 }
+                None => tracing::info!(broker = %leadership.broker_id, "redundancy restored"),
             }
         }
     }
