@@ -250,3 +250,53 @@ def test_switchover_route_moves_the_leader(aws, control_plane):
     assert any(e["kind"] == "switchover" and e["toNodeId"] == standby["nodeId"] for e in events["events"]), events
     got = drain(port_of(standby))
     assert not set(confirmed) - set(got), "no confirmed message lost in the switchover"
+
+
+@pytest.mark.timeout(420)
+def test_reboot_is_a_rolling_restart_with_switchover(aws, control_plane):
+    cp = control_plane
+    created = aws.ok(
+        "create-broker", "--broker-name", "rolling-1", "--deployment-mode", "CLUSTER_MULTI_AZ",
+        "--engine-type", "RABBITMQ", "--engine-version", "3.13", "--host-instance-type", "mq.m5.large",
+        "--no-publicly-accessible", "--auto-minor-version-upgrade",
+        "--users", f"Username={ADMIN[0]},Password={ADMIN[1]}",
+    )
+    broker_id = created["BrokerId"]
+    wait_running(aws, broker_id, timeout=120)
+    d = poll(lambda: (lambda d: d if leader_of(d) and len(d["brokerInstances"]) == 3 else None)(describe(cp, broker_id)),
+             60, "3 instances, one leader")
+    old = leader_of(d)
+    publish_one_when_possible(port_of(old), b"warm-up", 60)
+    confirmed = [b"warm-up"] + publish_confirmed(port_of(old), [f"r-{i}".encode() for i in range(200)])
+    pids_before = agents_by_node(cp.data_dir)
+
+    aws.ok("reboot-broker", "--broker-id", broker_id)
+
+    def restarted_all():
+        now = agents_by_node(cp.data_dir)
+        done = all(now.get(node) and now[node] != pids for node, pids in pids_before.items())
+        return done and aws.ok("describe-broker", "--broker-id", broker_id)["BrokerState"] == "RUNNING"
+
+    poll(restarted_all, 240, "every node restarted and the broker RUNNING again")
+
+    # Every node runs a new agent; the leader moved before its own restart.
+    pids_after = agents_by_node(cp.data_dir)
+    for node, pids in pids_before.items():
+        assert pids_after.get(node) and pids_after[node] != pids, f"{node} was not restarted"
+    status, events = api(cp, "GET", f"/v1/brokers/{broker_id}/events")
+    assert status == 200, events
+    kinds = [(e["kind"], e.get("fromNodeId")) for e in events["events"]]
+    steps = [node for kind, node in kinds if kind == "patch-step"]
+    switch = [i for i, (kind, _) in enumerate(kinds) if kind == "switchover"]
+    assert len(switch) >= 1, kinds
+    assert steps and steps[-1] == old["nodeId"], f"the old leader restarts last: {kinds}"
+    last_step = max(i for i, (kind, _) in enumerate(kinds) if kind == "patch-step")
+    assert switch[0] < last_step, f"switchover before the old leader's restart: {kinds}"
+    assert not [e for e in events["events"] if e["kind"] == "failover"], f"no failover in a planned reboot: {kinds}"
+
+    leader = poll(lambda: leader_of(describe(cp, broker_id)), 30, "a leader after the reboot")
+    assert leader["nodeId"] != old["nodeId"]
+    publish_one_when_possible(port_of(leader), b"after-reboot", 60)
+    confirmed.append(b"after-reboot")
+    got = drain(port_of(leader))
+    assert not set(confirmed) - set(got), "no confirmed message lost in the rolling restart"
