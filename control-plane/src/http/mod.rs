@@ -1,8 +1,9 @@
 //! HTTP: the public API in Amazon MQ's wire format, health and metrics. Handlers only
 //! parse and answer; the rules live in `app/`.
 //!
-//! Layers, outermost first: request tracing, request ids, latency metrics by route, then
-//! authentication ([`auth::authenticate`], the seam where SigV4 goes).
+//! Layers, outermost first: request tracing, the audit trail ([`audit::record`]), request
+//! ids, latency metrics by route, then authentication ([`auth::authenticate`], the seam
+//! where SigV4 goes, with the rate limit).
 
 pub mod agent;
 mod audit;
