@@ -53,7 +53,8 @@ psql -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE moor
 DB="postgres://postgres@127.0.0.1:$port/mooring"
 
 mkdir -p "$work/cp"
-MOORING_LOG_FORMAT=human RUST_LOG="${RUST_LOG:-warn}" "$BIN/mooring" serve --listen 127.0.0.1:0 \
+# No rate limit: the load generator is one principal far above a person's rate.
+MOORING_RATE_LIMIT_BURST=0 MOORING_LOG_FORMAT=human RUST_LOG="${RUST_LOG:-warn}" "$BIN/mooring" serve --listen 127.0.0.1:0 \
   --data-dir "$work/cp" --database-url "$DB" --agent-binary "$work/no-agent" \
   >"$work/serve.log" 2>&1 &
 server_pid=$!

@@ -51,6 +51,10 @@ struct Args {
     /// Brokers created before the measurement; DescribeBroker and CreateUser spread over them.
     #[arg(long, default_value_t = 100)]
     brokers: u64,
+    /// Use the brokers that exist (the first `--brokers` ListBrokers returns) instead of
+    /// creating them: for a second run against the same server.
+    #[arg(long)]
+    reuse_brokers: bool,
     /// Page size of ListBrokers.
     #[arg(long, default_value_t = 20)]
     page: u64,
@@ -290,6 +294,45 @@ async fn drive(
     })
 }
 
+/// The ids of up to `--brokers` existing brokers, by ListBrokers.
+async fn list_brokers(
+    args: &Args,
+    credentials: Option<Credentials>,
+) -> anyhow::Result<Vec<String>> {
+    let mut conn = Conn::open(args, credentials).await?;
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    while (ids.len() as u64) < args.brokers {
+        let target = match &token {
+            Some(t) => format!("/v1/brokers?maxResults=100&nextToken={t}"),
+            None => "/v1/brokers?maxResults=100".to_owned(),
+        };
+        let resp = conn.call("GET", &target, b"").await?;
+        if resp.status != 200 {
+            bail!(
+                "ListBrokers: {} {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            );
+        }
+        let page: serde_json::Value = serde_json::from_slice(&resp.body)?;
+        for b in page["brokerSummaries"].as_array().into_iter().flatten() {
+            if let Some(id) = b["brokerId"].as_str() {
+                ids.push(id.to_owned());
+            }
+        }
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    ids.truncate(usize::try_from(args.brokers).unwrap_or(usize::MAX));
+    if ids.is_empty() {
+        bail!("--reuse-brokers: the server has no brokers");
+    }
+    Ok(ids)
+}
+
 /// Creates the brokers the measured operations use; returns their ids.
 async fn create_brokers(
     args: &Args,
@@ -338,10 +381,20 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("runtime")?;
     rt.block_on(async {
-        let ids = Arc::new(create_brokers(&args, credentials.clone()).await?);
+        let ids = if args.reuse_brokers {
+            list_brokers(&args, credentials.clone()).await?
+        } else {
+            create_brokers(&args, credentials.clone()).await?
+        };
+        let ids = Arc::new(ids);
         eprintln!(
-            "api-load: {} brokers created, {} clients, {} s per operation, {}",
+            "api-load: {} brokers {}, {} clients, {} s per operation, {}",
             ids.len(),
+            if args.reuse_brokers {
+                "found"
+            } else {
+                "created"
+            },
             args.clients,
             args.seconds,
             if credentials.is_some() {

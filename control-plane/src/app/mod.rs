@@ -24,13 +24,15 @@ pub mod users;
 pub mod validate;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::auth::cache::AuthCaches;
 use crate::auth::keys::MasterKey;
+use crate::auth::ratelimit::RateLimiter;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, OffsetFileClock, SystemClock};
-use crate::auth::ratelimit::RateLimiter;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -52,6 +54,9 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     /// Per-principal request rate limits (`--rate-limit-*`).
     pub rate_limiter: Arc<RateLimiter>,
+    /// Verified principals and resource ARNs the authentication layer reuses between
+    /// requests (`--auth-cache-ttl-ms`; see `auth::cache` for the staleness bound).
+    pub auth_caches: Arc<AuthCaches<principals::VerifiedPrincipal>>,
     /// A counter bumped after every write of intent; each reconciler holds a receiver
     /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
     /// channel never loses a wake-up that arrives while a pass is running.
@@ -70,16 +75,19 @@ impl AppState {
     /// Must be called within a Tokio runtime: it starts the audit writer task.
     pub fn new(store: Store, config: ServeConfig) -> Self {
         let (wake, _) = watch::channel(0);
-        let clock: Arc<dyn Clock> = match &config.clock_offset_file {
-            Some(path) => Arc::new(OffsetFileClock::new(path.clone())),
-            None => Arc::new(SystemClock),
-        };
-        let catalog = Arc::new(Catalog::new(&config.database.data_dir));
         let audit = audit::AuditLog::start(store.clone());
         let rate_limiter = Arc::new(RateLimiter::new(
             config.rate_limit_burst,
             config.rate_limit_per_second,
         ));
+        let clock: Arc<dyn Clock> = match &config.clock_offset_file {
+            Some(path) => Arc::new(OffsetFileClock::new(path.clone())),
+            None => Arc::new(SystemClock),
+        };
+        let catalog = Arc::new(Catalog::new(&config.database.data_dir));
+        let auth_caches = Arc::new(AuthCaches::new(Duration::from_millis(
+            config.auth_cache_ttl_ms,
+        )));
         // `ServeConfig::validate` refused bad AWS login settings before `serve` got
         // here; a test that skips it gets AWS login off, and says so.
         let aws_login = aws_login::AwsLogin::from_config(&config.aws_login)
@@ -97,6 +105,7 @@ impl AppState {
             reconcile_wake: Arc::new(wake),
             audit,
             rate_limiter,
+            auth_caches,
             clock,
             catalog,
         }

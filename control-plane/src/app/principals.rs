@@ -5,13 +5,17 @@
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use chrono::Utc;
 
+use crate::auth::actions::MqOperation;
+use crate::auth::cache::{self as auth_cache, PrincipalCache};
 use crate::auth::keys::{self, MasterKey};
-use crate::auth::policy::Policy;
-use crate::auth::sigv4::Credential;
+use crate::auth::policy::{Policy, PolicyIndex};
+use crate::auth::sigv4::{Credential, SigningKeyCache};
 use crate::store::{AccessKeyRecord, IamEntityRecord, KeyInsert, PrincipalKind, Store, StoreError};
 
 /// The IAM user the bootstrap creates in the root account.
@@ -261,7 +265,6 @@ pub struct SessionInfo {
     pub session_policy: Option<Policy>,
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum CallerError {
     #[error(transparent)]
@@ -322,4 +325,58 @@ pub async fn caller_for_key(
         tags,
         session: None,
     }))
+}
+
+/// A caller as the authentication layer keeps it between requests: with its
+/// identity policies indexed for the Amazon MQ actions.
+#[derive(Debug)]
+pub struct VerifiedPrincipal {
+    pub caller: Caller,
+    /// Built from `caller.policies`.
+    pub index: PolicyIndex,
+    /// SigV4 signing keys of `caller.credential`, kept for the day's scope.
+    pub signing_keys: SigningKeyCache,
+}
+
+impl VerifiedPrincipal {
+    pub fn new(caller: Caller) -> Self {
+        let index = PolicyIndex::new(
+            &caller.policies,
+            MqOperation::ALL.into_iter().map(MqOperation::action),
+        );
+        VerifiedPrincipal {
+            caller,
+            index,
+            signing_keys: SigningKeyCache::default(),
+        }
+    }
+}
+
+/// [`caller_for_key`] through `cache`: no store read while an entry is fresh.
+/// `auth::cache` says how stale an entry can be (no IAM write in this process
+/// since it was read, and younger than the TTL). Unknown keys are not cached.
+pub async fn caller_for_key_cached(
+    cache: &PrincipalCache<VerifiedPrincipal>,
+    store: &Store,
+    master: &MasterKey,
+    access_key_id: &str,
+) -> Result<Option<Arc<VerifiedPrincipal>>, CallerError> {
+    let generation = auth_cache::iam_generation();
+    if let Some(hit) = cache.get(access_key_id, generation, Instant::now()) {
+        return Ok(Some(hit));
+    }
+    // Taken before the read: the TTL bounds the age of what was read.
+    let fetched_at = Instant::now();
+    let Some(caller) = caller_for_key(store, master, access_key_id).await? else {
+        return Ok(None);
+    };
+    let principal = Arc::new(VerifiedPrincipal::new(caller));
+    cache.insert(
+        access_key_id,
+        principal.clone(),
+        generation,
+        auth_cache::iam_generation(),
+        fetched_at,
+    );
+    Ok(Some(principal))
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -16,12 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 
-use crate::app::principals::{caller_for_key, Caller, CallerError};
+use crate::app::principals::{caller_for_key_cached, Caller, CallerError, VerifiedPrincipal};
 use crate::app::AppState;
 use crate::auth::actions::{MqOperation, ResourceKind};
-use crate::auth::policy::{evaluate, Decision, Policy, RequestContext};
+use crate::auth::policy::{evaluate, Decision, RequestContext};
 use crate::auth::sigv4::{
-    header_pairs, parse_request, verify_parsed, AuthError, Payload, Protocol, RequestParts,
+    header_pairs, parse_request, verify_parsed_cached, AuthError, Payload, Protocol, RequestParts,
     VerifyConfig,
 };
 use crate::error::ApiError;
@@ -94,20 +95,33 @@ enum Refusal {
     Api(ApiError),
 }
 
-/// Who signed a request that verified, with the identity policies that apply to them.
+/// Who signed a request that verified, with the identity policies that apply to them:
+/// a [`Caller`] (`user`, `policies`, `tags`, `session`), shared with the principal cache
+/// rather than copied per request.
 #[derive(Debug)]
 pub struct VerifiedCaller {
-    /// The identity the request acts as (for an assumed role, the
-    /// `assumed-role/<role>/<session>` ARN; see `app::principals::Caller`).
-    pub user: crate::store::IamEntityRecord,
-    pub policies: Vec<Policy>,
-    /// The user's or role's tags (`aws:PrincipalTag/*`).
-    pub tags: Vec<(String, String)>,
-    /// Set when the request was signed with temporary credentials.
-    pub session: Option<crate::app::principals::SessionInfo>,
+    principal: Arc<VerifiedPrincipal>,
+}
+
+impl std::ops::Deref for VerifiedCaller {
+    type Target = Caller;
+
+    fn deref(&self) -> &Caller {
+        &self.principal.caller
+    }
 }
 
 impl VerifiedCaller {
+    /// Whether deciding `action` may need the resource's tags (else they need not be read).
+    fn reads_resource_tags(&self, action: &str) -> bool {
+        // A session policy is not indexed: assume it may.
+        self.principal.index.reads_resource_tags(action)
+            || self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.session_policy.is_some())
+    }
+
     /// Evaluates the caller's policies for `action` on `resource`; the context holds
     /// the principal's keys and the time, and `extend` adds request-specific keys.
     pub fn decide(
@@ -117,19 +131,20 @@ impl VerifiedCaller {
         extend: impl FnOnce(&mut RequestContext),
     ) -> Decision<'_> {
         let mut ctx = self.context(action, resource);
-        // The connection's peer, for every decision (the IAM Query actions included).
-        if let Some(ip) = super::audit::source_ip() {
-            ctx.set_source_ip(ip);
-        }
         extend(&mut ctx);
-        let policies: Vec<&Policy> = self.policies.iter().collect();
-        let decision = evaluate(&policies, &ctx);
+        let decision = self.principal.index.evaluate(&self.policies, &ctx);
         // A session policy narrows: both it and the identity policies must allow.
-        match self.session.as_ref().and_then(|s| s.session_policy.as_ref()) {
-            Some(session_policy) if decision.is_allowed() => match evaluate(&[session_policy], &ctx) {
-                Decision::Allow(_) => decision,
-                narrowed => narrowed,
-            },
+        match self
+            .session
+            .as_ref()
+            .and_then(|s| s.session_policy.as_ref())
+        {
+            Some(session_policy) if decision.is_allowed() => {
+                match evaluate(&[session_policy], &ctx) {
+                    Decision::Allow(_) => decision,
+                    narrowed => narrowed,
+                }
+            }
             _ => decision,
         }
     }
@@ -148,6 +163,10 @@ impl VerifiedCaller {
         };
         for (key, value) in &self.tags {
             ctx.set_principal_tag(key, value);
+        }
+        // The connection's peer, for every decision (the IAM Query actions included).
+        if let Some(ip) = super::audit::source_ip() {
+            ctx.set_source_ip(ip);
         }
         ctx
     }
@@ -168,37 +187,42 @@ async fn verify(
         payload: Payload::Bytes(body),
     };
     let signed = parse_request(&request).map_err(Refusal::Auth)?;
-    let caller: Option<Caller> =
-        match caller_for_key(&state.store, &state.master_key, &signed.access_key_id).await {
-            Ok(caller) => caller,
-            Err(CallerError::Store(e)) => return Err(Refusal::Api(ApiError::from(e))),
-            Err(e @ CallerError::Unusable(_)) => {
-                return Err(Refusal::Api(ApiError::internal(anyhow::Error::new(e))))
-            }
-        };
+    let caller = match caller_for_key_cached(
+        &state.auth_caches.principals,
+        &state.store,
+        &state.master_key,
+        &signed.access_key_id,
+    )
+    .await
+    {
+        Ok(caller) => caller,
+        Err(CallerError::Store(e)) => return Err(Refusal::Api(ApiError::from(e))),
+        Err(e @ CallerError::Unusable(_)) => {
+            return Err(Refusal::Api(ApiError::internal(anyhow::Error::new(e))))
+        }
+    };
     let services: &[&str] = if query_api {
         &["iam", "sts"]
     } else {
         &[SERVICE]
     };
     let config = VerifyConfig::new(state.config.region.clone(), services);
-    let credential = caller.as_ref().map(|c| &c.credential);
-    verify_parsed(&request, &signed, credential, &config, Utc::now()).map_err(Refusal::Auth)?;
+    let credential = caller
+        .as_ref()
+        .map(|c| (&c.caller.credential, &c.signing_keys));
+    verify_parsed_cached(&request, &signed, credential, &config, Utc::now())
+        .map_err(Refusal::Auth)?;
     let caller = caller.ok_or(Refusal::Auth(AuthError::UnrecognizedClient))?;
     // Checked after the signature, so only the holder of the secret learns it.
     if caller
+        .caller
         .session
         .as_ref()
         .is_some_and(|s| s.expires_at <= Utc::now())
     {
         return Err(Refusal::Auth(AuthError::ExpiredToken));
     }
-    Ok(VerifiedCaller {
-        user: caller.user,
-        policies: caller.policies,
-        tags: caller.tags,
-        session: caller.session,
-    })
+    Ok(VerifiedCaller { principal: caller })
 }
 
 /// AWS's answer to a request that failed authentication: the error name in
@@ -284,25 +308,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The resource ARN of the request and that resource's tags.
+/// The resource ARN of the request, and that resource's tags when `with_tags` (only
+/// read when a policy that applies could look at them). A broker's or configuration's
+/// ARN never changes for its id, so it is read from the store once per id.
 async fn resource(
     state: &AppState,
     op: MqOperation,
     route: &str,
     path: &str,
+    with_tags: bool,
 ) -> Result<(String, BTreeMap<String, String>), StoreError> {
     let config = &state.config;
+    let arns = &state.auth_caches.arns;
     let arn = match op.resource_kind() {
         ResourceKind::All => return Ok(("*".to_owned(), BTreeMap::new())),
         ResourceKind::Broker => {
             let id = path_param(route, path, "broker-id").unwrap_or_default();
-            let found = match BrokerId::parse(&id) {
-                Some(broker_id) => match state.store.broker_get(&broker_id).await {
-                    Ok(b) => Some(b.arn),
+            let found = match (arns.get(&id), BrokerId::parse(&id)) {
+                (Some(arn), _) => Some(arn.to_string()),
+                (None, Some(broker_id)) => match state.store.broker_get(&broker_id).await {
+                    Ok(b) => {
+                        arns.insert(&id, Arc::from(b.arn.as_str()));
+                        Some(b.arn)
+                    }
                     Err(StoreError::NotFound(_)) => None,
                     Err(e) => return Err(e),
                 },
-                None => None,
+                (None, None) => None,
             };
             // A broker that does not exist has no name: a policy on all brokers
             // still lets the caller learn that (NotFound), a policy on named ones not.
@@ -318,13 +350,17 @@ async fn resource(
         }
         ResourceKind::Configuration => {
             let id = path_param(route, path, "configuration-id").unwrap_or_default();
-            let found = match ConfigurationId::parse(&id) {
-                Some(cid) => match state.store.configuration_get(&cid).await {
-                    Ok(c) => Some(c.arn),
+            let found = match (arns.get(&id), ConfigurationId::parse(&id)) {
+                (Some(arn), _) => Some(arn.to_string()),
+                (None, Some(cid)) => match state.store.configuration_get(&cid).await {
+                    Ok(c) => {
+                        arns.insert(&id, Arc::from(c.arn.as_str()));
+                        Some(c.arn)
+                    }
                     Err(StoreError::NotFound(_)) => None,
                     Err(e) => return Err(e),
                 },
-                None => None,
+                (None, None) => None,
             };
             found.unwrap_or_else(|| {
                 crate::auth::actions::configuration_arn(
@@ -337,7 +373,11 @@ async fn resource(
         }
         ResourceKind::TaggedResource => path_param(route, path, "resource-arn").unwrap_or_default(),
     };
-    let tags = state.store.tag_list(&arn).await?;
+    let tags = if with_tags {
+        state.store.tag_list(&arn).await?
+    } else {
+        BTreeMap::new()
+    };
     Ok((arn, tags))
 }
 
@@ -372,7 +412,8 @@ async fn authorize(
     let Some(op) = operation(&parts.method, &route) else {
         return Ok(());
     };
-    let (arn, resource_tags) = resource(state, op, &route, parts.uri.path()).await?;
+    let with_tags = caller.reads_resource_tags(op.action());
+    let (arn, resource_tags) = resource(state, op, &route, parts.uri.path(), with_tags).await?;
 
     let source = parts
         .extensions

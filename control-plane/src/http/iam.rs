@@ -117,7 +117,15 @@ pub async fn query(
     Extension(caller): Extension<Arc<VerifiedCaller>>,
     Form(params): Form<HashMap<String, String>>,
 ) -> Response {
-    match dispatch(&state, &caller, &params).await {
+    let result = dispatch(&state, &caller, &params).await;
+    // Anything but a read may have changed who can do what: cached principals are
+    // dropped now that the write has committed (see `auth::cache`).
+    let action = params.get("Action").map_or("", String::as_str);
+    // AssumeRole only adds a session, and unknown keys are never cached.
+    if !(action.starts_with("Get") || action.starts_with("List") || action == "AssumeRole") {
+        crate::auth::cache::iam_changed();
+    }
+    match result {
         Ok(response) => response,
         Err(IamError(status, code, message)) => error_response(status, code, &message),
     }

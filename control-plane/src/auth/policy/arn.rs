@@ -23,6 +23,44 @@ pub struct ArnPattern {
     any: bool,
     /// Fewer than six components and the last ends in `*`.
     open_ended: bool,
+    /// With six components: the length and FNV-1a hash of the literal text the
+    /// resource component (the sixth) must start with.
+    resource_prefix: Option<(usize, u64)>,
+}
+
+/// A necessary condition for an [`ArnPattern`] to match, checked with two
+/// integer comparisons against [`SplitArn`]'s precomputed prefix hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PrefixCheck {
+    whole: (usize, u64),
+    resource: Option<(usize, u64)>,
+}
+
+impl PrefixCheck {
+    /// False only when the pattern cannot match `arn`.
+    pub(super) fn may_match(&self, arn: &SplitArn<'_>) -> bool {
+        let (len, hash) = self.whole;
+        if arn.hashes.get(len) != Some(&hash) {
+            return false;
+        }
+        match self.resource {
+            None => true,
+            Some((len, hash)) => arn.resource_hashes.get(len) == Some(&hash),
+        }
+    }
+}
+
+/// The literal characters a token list starts with, as (byte length, FNV-1a hash).
+fn literal_prefix_of(toks: &[Token]) -> (usize, u64) {
+    let text: String = toks
+        .iter()
+        .map_while(|t| match t {
+            Token::Char(c) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    let hash = prefix_hashes(&text).last().copied().unwrap_or_default();
+    (text.len(), hash)
 }
 
 impl ArnPattern {
@@ -47,6 +85,7 @@ impl ArnPattern {
                 parts: Vec::new(),
                 any: true,
                 open_ended: true,
+                resource_prefix: None,
             };
         }
         let mut parts: Vec<&[Token]> = Vec::with_capacity(COMPONENTS);
@@ -62,6 +101,7 @@ impl ArnPattern {
         }
         parts.push(rest);
         let open_ended = parts.len() < COMPONENTS && rest.last() == Some(&Token::AnyMany);
+        let resource_prefix = (parts.len() == COMPONENTS).then(|| literal_prefix_of(rest));
         ArnPattern {
             literal_prefix,
             literal_prefix_hash,
@@ -69,6 +109,7 @@ impl ArnPattern {
             parts: parts.into_iter().map(Glob::from_tokens).collect(),
             any: false,
             open_ended,
+            resource_prefix,
         }
     }
 
@@ -83,6 +124,20 @@ impl ArnPattern {
 
     pub fn is_open_ended(&self) -> bool {
         self.open_ended
+    }
+
+    /// A cheap necessary condition for [`ArnPattern::matches_split`]; `None` for
+    /// `*`, which matches anything.
+    pub(super) fn prefix_check(&self) -> Option<PrefixCheck> {
+        if self.any {
+            return None;
+        }
+        Some(PrefixCheck {
+            whole: (self.literal_prefix.len(), self.literal_prefix_hash),
+            // Only a six-component pattern confines its last part to the resource
+            // component; an open-ended one may run across components.
+            resource: self.resource_prefix.filter(|_| !self.open_ended),
+        })
     }
 
     pub fn matches(&self, arn: &str) -> bool {
@@ -134,6 +189,9 @@ pub struct SplitArn<'a> {
     whole: &'a str,
     /// `prefix_hashes(whole)`.
     hashes: Vec<u64>,
+    /// `prefix_hashes` of the resource component (the sixth); empty when the
+    /// text has fewer than six components.
+    resource_hashes: Vec<u64>,
     /// Byte offset where each component starts.
     starts: [usize; COMPONENTS],
     /// How many components the text has (at most six).
@@ -156,6 +214,11 @@ impl<'a> SplitArn<'a> {
         SplitArn {
             whole,
             hashes: prefix_hashes(whole),
+            resource_hashes: if count == COMPONENTS {
+                prefix_hashes(&whole[starts[COMPONENTS - 1]..])
+            } else {
+                Vec::new()
+            },
             starts,
             count,
         }
@@ -172,6 +235,51 @@ mod tests {
     use super::*;
 
     const BROKER: &str = "arn:aws:mq:us-east-1:123456789012:broker:orders:b-1234";
+
+    #[test]
+    fn prefix_checks_never_reject_a_match() {
+        let arns = [
+            BROKER,
+            "arn:aws:mq:us-east-1:123456789012:broker:orders",
+            "arn:aws:mq:us-east-1:123456789012:configuration:c-1",
+            "arn:aws:mq:us-east-1:123456789012",
+            "*",
+            "",
+            "arn:aws:mq:eu-west-1:123456789012:broker:ordersx:b-1:extra",
+        ];
+        let patterns = [
+            "*",
+            BROKER,
+            "arn:aws:mq:*:*:broker:*",
+            "arn:aws:mq:*:123456789012:broker:orders:*",
+            "arn:aws:mq:*:123456789012:broker:ord?rs:*",
+            "arn:aws:mq:*:123456789012:broker:orders*",
+            "arn:aws:mq:*",
+            "arn:aws:mq:us-*",
+            "arn:aws:mq:us-east-1:123456789012:*",
+            "arn:aws:mq:*:*:*",
+            "arn:aws:mq:*:*:configuration:c-?",
+            "arn:aws:mq:us-east-1:123456789012",
+            "arn:aws:mq:us-east-1:123456789012:broker:orders",
+            "arn:aws:mq:*:*:broker:*:b-1:extra",
+            "arn:*:mq:*:*:broker:orders:b-1234",
+            "arn:aws:mq:*:*:*:b-1234",
+        ];
+        let mut rejected = 0;
+        for pattern in patterns {
+            let p = ArnPattern::new(pattern);
+            for arn in arns {
+                let split = SplitArn::new(arn);
+                let may = p.prefix_check().is_none_or(|c| c.may_match(&split));
+                assert!(
+                    may || !p.matches_split(&split),
+                    "{pattern} matches {arn} but its prefix check says no"
+                );
+                rejected += usize::from(!may);
+            }
+        }
+        assert!(rejected > 40, "the checks reject little: {rejected}");
+    }
 
     #[test]
     fn component_wise() {

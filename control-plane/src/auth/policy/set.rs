@@ -9,20 +9,81 @@
 //! the caller skip fetching the resource's tags when no applicable statement
 //! could look at them. The index does not own the policies, so whoever holds
 //! them keeps its own type; it checks it is used with what it was built from.
+//!
+//! Each indexed statement also carries the prefix checks of its `Resource`
+//! patterns ([`PrefixCheck`]), stored side by side, so that a statement about
+//! other resources (the common per-broker grant) is passed over without its
+//! own memory being touched: with 1,000 policies that is most of the cost.
 
 use std::collections::HashMap;
 
-use super::arn::SplitArn;
+use super::arn::{PrefixCheck, SplitArn};
 use super::context::RequestContext;
 use super::evaluate::{action_applies, evaluate, resolve, Decision, StatementRef};
-use super::parse::Policy;
+use super::parse::{Policy, ResourcePattern, Statement};
+
+/// One statement whose action clause applies.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    policy: u32,
+    statement: u32,
+    /// `checks[first..first + count]`: the statement's resource clause can only
+    /// hold when one of them passes. `count` 0: always look at the statement.
+    first: u32,
+    count: u32,
+}
 
 /// Statements that apply to one action.
 #[derive(Debug, Clone, Default)]
 struct ActionEntry {
-    /// (policy index, statement index), in evaluation order.
-    statements: Vec<(u32, u32)>,
+    /// In evaluation order.
+    candidates: Vec<Candidate>,
+    checks: Vec<PrefixCheck>,
     reads_resource_tags: bool,
+}
+
+impl ActionEntry {
+    fn push(&mut self, policy: usize, statement: usize, st: &Statement) {
+        let first = self.checks.len();
+        // Only a plain `Resource` list of static patterns, none of them `*`, can
+        // be pre-checked; anything else is looked at in full.
+        let checks: Option<Vec<PrefixCheck>> = if st.not_resource {
+            None
+        } else {
+            st.resources
+                .iter()
+                .map(|r| match r {
+                    ResourcePattern::Static(p) => p.prefix_check(),
+                    ResourcePattern::Templated(_) => None,
+                })
+                .collect()
+        };
+        let count = match checks {
+            Some(checks) if !checks.is_empty() => {
+                self.checks.extend_from_slice(&checks);
+                checks.len()
+            }
+            _ => 0,
+        };
+        self.candidates.push(Candidate {
+            policy: to_u32(policy),
+            statement: to_u32(statement),
+            first: to_u32(first),
+            count: to_u32(count),
+        });
+        self.reads_resource_tags |= st.reads_resource_tags;
+    }
+
+    /// False only when the candidate's resource clause cannot hold for `arn`.
+    fn may_apply(&self, c: &Candidate, arn: &SplitArn<'_>) -> bool {
+        if c.count == 0 {
+            return true;
+        }
+        let (first, count) = (c.first as usize, c.count as usize);
+        self.checks[first..first + count]
+            .iter()
+            .any(|check| check.may_match(arn))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,8 +111,7 @@ impl PolicyIndex {
             for (pi, policy) in policies.iter().enumerate() {
                 for (si, st) in policy.statements.iter().enumerate() {
                     if action_applies(st, &ctx) {
-                        entry.statements.push((to_u32(pi), to_u32(si)));
-                        entry.reads_resource_tags |= st.reads_resource_tags;
+                        entry.push(pi, si, st);
                     }
                 }
             }
@@ -88,8 +148,9 @@ impl PolicyIndex {
             return evaluate(&all, ctx);
         };
         let arn = SplitArn::new(ctx.resource());
-        let statements = entry.statements.iter().map(|&(pi, si)| {
-            let (pi, si) = (pi as usize, si as usize);
+        let candidates = entry.candidates.iter();
+        let statements = candidates.filter(|c| entry.may_apply(c, &arn)).map(|c| {
+            let (pi, si) = (c.policy as usize, c.statement as usize);
             let st = &policies[pi].statements[si];
             let at = StatementRef {
                 policy_index: pi,
@@ -98,7 +159,8 @@ impl PolicyIndex {
             };
             (st, at)
         });
-        // The action clause is known to apply: `resolve` checks the rest.
+        // The action clause is known to apply, and the prefix checks only passed
+        // over statements that cannot apply: `resolve` checks the rest.
         resolve(statements, ctx, &arn, false)
     }
 }
@@ -177,6 +239,58 @@ mod tests {
             ["mq:CreateBroker"],
         );
         assert!(!set.reads_resource_tags("mq:CreateBroker"));
+    }
+
+    #[test]
+    fn resource_prefix_checks_keep_decisions() {
+        let doc = |effect: &str, resource: &str| {
+            policy(&format!(
+                r#"{{"Version":"2012-10-17","Statement":{{"Effect":"{effect}","Action":"mq:*",{resource}}}}}"#
+            ))
+        };
+        let policies = vec![
+            doc(
+                "Allow",
+                r#""Resource":"arn:aws:mq:us-east-1:1:broker:b:b-1""#,
+            ),
+            doc(
+                "Allow",
+                r#""Resource":["arn:aws:mq:*:1:broker:team-*","arn:aws:mq:*:1:configuration:c-?"]"#,
+            ),
+            doc("Deny", r#""Resource":"arn:aws:mq:eu-*""#),
+            doc("Deny", r#""NotResource":"arn:aws:mq:*:1:broker:*""#),
+            doc(
+                "Allow",
+                r#""Resource":"arn:aws:mq:*:1:broker:${aws:username}:*""#,
+            ),
+            doc("Allow", r#""Resource":"arn:aws:mq:us-east-1:1:*""#),
+            doc("Deny", r#""Resource":["arn:aws:mq:*:1:broker:x:b-9","*"]"#),
+        ];
+        let resources = [
+            "arn:aws:mq:us-east-1:1:broker:b:b-1",
+            "arn:aws:mq:us-east-1:1:broker:b:b-2",
+            "arn:aws:mq:us-west-2:1:broker:team-a:b-3",
+            "arn:aws:mq:us-west-2:1:broker:alice:b-4",
+            "arn:aws:mq:eu-west-1:1:broker:team-a:b-5",
+            "arn:aws:mq:us-west-2:1:configuration:c-7",
+            "arn:aws:mq:us-west-2:2:configuration:c-7",
+            "*",
+        ];
+        // Every prefix of the list, so each policy is the deciding one somewhere.
+        for n in 1..=policies.len() {
+            let some = &policies[..n];
+            let refs: Vec<&Policy> = some.iter().collect();
+            let index = PolicyIndex::new(some, ["mq:RebootBroker"]);
+            for resource in resources {
+                let mut ctx = RequestContext::new("mq:RebootBroker", resource);
+                ctx.set_principal(Some("alice"), "AIDA", "arn:aws:iam::1:user/alice");
+                assert_eq!(
+                    index.evaluate(some, &ctx),
+                    evaluate(&refs, &ctx),
+                    "{n} policies, {resource}"
+                );
+            }
+        }
     }
 
     #[test]

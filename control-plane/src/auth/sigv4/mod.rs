@@ -25,7 +25,8 @@ pub use parse::{
 };
 pub use sign::{sign_request, SigningParams};
 pub use verify::{
-    expected_canonical_request, signature, signing_key, verify, verify_parsed, UNSIGNED_PAYLOAD,
+    expected_canonical_request, signature, signing_key, verify, verify_parsed,
+    verify_parsed_cached, SigningKeyCache, UNSIGNED_PAYLOAD,
 };
 
 /// The only algorithm accepted.

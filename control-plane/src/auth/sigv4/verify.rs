@@ -7,7 +7,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::canonical::{canonical_request, sha256_hex, string_to_sign, CanonicalInput};
-use super::parse::{parse_request, SignatureForm, SignedRequest};
+use super::parse::{parse_request, Scope, SignatureForm, SignedRequest};
 use super::{
     AuthError, Credential, Payload, RequestParts, SecretLookup, VerifiedCaller, VerifyConfig,
 };
@@ -30,6 +30,39 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8
     let k_region = hmac(&k_date, region.as_bytes());
     let k_service = hmac(&k_region, service.as_bytes());
     hmac(&k_service, b"aws4_request")
+}
+
+/// The signing key last derived for one secret, kept while requests keep the
+/// same scope (date, region, service; the date changes once a day): the four
+/// HMACs of the derivation are a third of verification's cost. Belongs to one
+/// credential; it is as sensitive as the secret itself.
+#[derive(Default)]
+pub struct SigningKeyCache {
+    last: parking_lot::Mutex<Option<(Scope, [u8; 32])>>,
+}
+
+impl std::fmt::Debug for SigningKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKeyCache(<redacted>)")
+    }
+}
+
+impl SigningKeyCache {
+    /// The signing key of `secret` for `scope`.
+    pub fn key(&self, secret: &str, scope: &Scope) -> [u8; 32] {
+        let mut last = self.last.lock();
+        if let Some((cached, key)) = last.as_ref() {
+            if cached.date == scope.date
+                && cached.region == scope.region
+                && cached.service == scope.service
+            {
+                return *key;
+            }
+        }
+        let key = signing_key(secret, &scope.date, &scope.region, &scope.service);
+        *last = Some((scope.clone(), key));
+        key
+    }
 }
 
 /// The signature of a string to sign under a signing key.
@@ -192,6 +225,7 @@ fn check_signature(
     signed: &SignedRequest,
     payload_hash: &str,
     secret: &str,
+    keys: Option<&SigningKeyCache>,
 ) -> Result<(), AuthError> {
     let canonical = expected_canonical_request(parts, signed, payload_hash)
         .ok_or(AuthError::SignatureMismatch)?;
@@ -201,7 +235,10 @@ fn check_signature(
         &canonical,
     );
     let scope = &signed.scope;
-    let key = signing_key(secret, &scope.date, &scope.region, &scope.service);
+    let key = match keys {
+        Some(cache) => cache.key(secret, scope),
+        None => signing_key(secret, &scope.date, &scope.region, &scope.service),
+    };
     let expected = signature(&key, &sts);
     let mut provided = [0u8; 32];
     if hex::decode_to_slice(&signed.signature, &mut provided).is_err() {
@@ -229,13 +266,20 @@ fn check_with_credential(
     parts: &RequestParts<'_>,
     signed: &SignedRequest,
     credential: Option<&Credential>,
+    keys: Option<&SigningKeyCache>,
     cfg: &VerifyConfig,
 ) -> Result<VerifiedCaller, AuthError> {
     check_signed_headers(signed, parts)?;
     let payload_hash = payload_hash(parts, cfg)?;
     let credential = credential.ok_or(AuthError::UnrecognizedClient)?;
     check_session_token(credential, signed)?;
-    check_signature(parts, signed, &payload_hash, &credential.secret_access_key)?;
+    check_signature(
+        parts,
+        signed,
+        &payload_hash,
+        &credential.secret_access_key,
+        keys,
+    )?;
     Ok(VerifiedCaller {
         access_key_id: signed.access_key_id.clone(),
         session_token: signed.session_token.clone(),
@@ -257,7 +301,21 @@ pub fn verify_parsed(
     now: DateTime<Utc>,
 ) -> Result<VerifiedCaller, AuthError> {
     precheck(signed, cfg, now)?;
-    check_with_credential(parts, signed, credential, cfg)
+    check_with_credential(parts, signed, credential, None, cfg)
+}
+
+/// [`verify_parsed`] with the credential's [`SigningKeyCache`], for callers that
+/// keep credentials between requests.
+pub fn verify_parsed_cached(
+    parts: &RequestParts<'_>,
+    signed: &SignedRequest,
+    credential: Option<(&Credential, &SigningKeyCache)>,
+    cfg: &VerifyConfig,
+    now: DateTime<Utc>,
+) -> Result<VerifiedCaller, AuthError> {
+    precheck(signed, cfg, now)?;
+    let (credential, keys) = credential.unzip();
+    check_with_credential(parts, signed, credential, keys, cfg)
 }
 
 /// Verifies a SigV4-signed request, header or presigned form.
@@ -271,5 +329,38 @@ pub fn verify(
     // Requests that can never verify cost no lookup.
     precheck(&signed, cfg, now)?;
     let credential = secrets.lookup(&signed.access_key_id);
-    check_with_credential(parts, &signed, credential.as_ref(), cfg)
+    check_with_credential(parts, &signed, credential.as_ref(), None, cfg)
+}
+
+#[cfg(test)]
+mod key_cache_tests {
+    use super::*;
+
+    fn scope(date: &str, service: &str) -> Scope {
+        Scope {
+            date: date.to_owned(),
+            region: "us-east-1".to_owned(),
+            service: service.to_owned(),
+            terminator: "aws4_request".to_owned(),
+        }
+    }
+
+    #[test]
+    fn cached_keys_are_the_derived_ones_for_each_scope() {
+        let cache = SigningKeyCache::default();
+        for (date, service) in [
+            ("20261128", "mq"),
+            ("20261128", "mq"),
+            ("20261129", "mq"),
+            ("20261129", "iam"),
+            ("20261128", "mq"),
+        ] {
+            assert_eq!(
+                cache.key("secret", &scope(date, service)),
+                signing_key("secret", date, "us-east-1", service),
+                "{date} {service}"
+            );
+        }
+        assert!(!format!("{cache:?}").contains("secret"));
+    }
 }
