@@ -294,6 +294,11 @@ impl Provisioner {
             NodeAction::Restart => RestartCause::Hung,
             other => return Ok(other),
         };
+        // While the broker is being created the failover loop leaves it alone: a dead first
+        // leader is simply started again (nothing was confirmed without it yet).
+        if broker.state == BrokerState::CreationInProgress {
+            return Ok(action);
+        }
         let now = Utc::now();
         let timing = Timing::from_config(&self.state.config.failover);
         let facts = replica_facts(leadership, nodes);
