@@ -18,7 +18,7 @@ use crate::app::principals::iam_arn;
 use crate::app::roles::{self, Assumer, NewRole};
 use crate::app::sessions::{self, SessionError, SessionPrincipal};
 use crate::app::AppState;
-use crate::auth::policy::{Policy, PolicyError};
+use crate::auth::policy::{Decision, Policy, PolicyError};
 use crate::store::{PrincipalKind, RoleRecord, StoreError, MAX_PRINCIPAL_TAGS};
 
 /// The longest session a role session may get by assuming another role.
@@ -310,6 +310,8 @@ async fn assume_role(
         )));
     }
     let denied = || {
+        // The identity policy allowed it (and was recorded so): record the refusal.
+        let _ = super::audit::note_decision(ACTION, role_arn, &Decision::ImplicitDeny);
         IamError(
             StatusCode::FORBIDDEN,
             "AccessDenied",

@@ -7,6 +7,7 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN."""
 
 import json
 import sqlite3
+import urllib.parse
 import uuid
 
 import pytest
@@ -121,13 +122,23 @@ def test_session_policy_narrows_the_role(aws, cli):
     session.fails("ForbiddenException", "list-brokers")
 
 
-def test_who_may_assume_a_role(aws, cli):
+def test_who_may_assume_a_role(aws, cli, control_plane, control_plane_kit):
+    poll = control_plane_kit[2]
     trusted_name, trusted_arn, trusted = new_user(aws, cli)  # trusted, but no identity policy yet
-    _, _, stranger = new_user(aws, cli, doc(allow("sts:AssumeRole")))  # may call it, not trusted
+    _, stranger_arn, stranger = new_user(aws, cli, doc(allow("sts:AssumeRole")))  # may call it, not trusted
     _, role_arn = new_role(aws, trust(trusted_arn), doc(allow("mq:List*")))
 
     message = stranger.fails("AccessDenied", "assume-role", "--role-arn", role_arn, "--role-session-name", "xy", service="sts")
     assert "sts:AssumeRole" in message and role_arn in message
+    # The audit trail records the refusal by the trust policy as denied.
+    def refusal_recorded():
+        status, _, page = control_plane.http(
+            "GET", "/v1/audit-events?" + urllib.parse.urlencode({"principal": stranger_arn, "action": "sts:AssumeRole"})
+        )
+        assert status == 200, page
+        return [e for e in page["auditEvents"] if e["decision"] == "denied" and e.get("errorCode") == "AccessDenied"]
+    events = poll(refusal_recorded, 10, "the refused AssumeRole in the audit trail")
+    assert events[0]["resource"] == role_arn
     # Trusted by the role, but its own policies do not allow sts:AssumeRole.
     trusted.fails("AccessDenied", "assume-role", "--role-arn", role_arn, "--role-session-name", "xy", service="sts")
     aws.ok(
