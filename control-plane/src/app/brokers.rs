@@ -183,16 +183,10 @@ fn checked_new_broker(
     validate::broker_name(&name)?;
     let engine_type = required(req.engine_type, "engineType")?;
     check_engine_type(engine_type, "engineType")?;
+    // SINGLE_INSTANCE (1 node), ACTIVE_STANDBY_MULTI_AZ (2) and CLUSTER_MULTI_AZ (3) are all
+    // served; the instance type check below refuses mq.t3.micro for the replicated modes,
+    // as Amazon MQ does.
     let deployment_mode = required(req.deployment_mode, "deploymentMode")?;
-    if deployment_mode != DeploymentMode::SingleInstance {
-        return Err(ApiError::bad_request(
-            "deploymentMode",
-            format!(
-                "Deployment mode {deployment_mode} is not yet supported: replicated brokers come in a later \
-                 release. Use SINGLE_INSTANCE."
-            ),
-        ));
-    }
     let host_instance_type = required(req.host_instance_type.clone(), "hostInstanceType")?;
     let instance = catalog::instance_type(&host_instance_type).ok_or_else(|| {
         ApiError::bad_request(
