@@ -257,7 +257,9 @@ async fn store_tables_on_both_backends() {
 
         // Removing the broker (its node first, as the reconciler does) removes its
         // schedule and run.
-        s.node_remove(&NodeId(format!("{a}-1"))).await.expect("node remove");
+        s.node_remove(&NodeId(format!("{a}-1")))
+            .await
+            .expect("node remove");
         s.broker_remove(&a).await.expect("remove");
         assert!(
             s.maintenance_action_list(&a)
