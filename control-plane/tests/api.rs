@@ -1024,6 +1024,7 @@ async fn describe_broker_shows_started_nodes() {
     let d = api.get(&format!("/v1/brokers/{id}")).await.ok();
     assert_eq!(
         d["brokerInstances"],
-        json!([{"consoleURL": "http://127.0.0.1:45673", "endpoints": ["amqp://127.0.0.1:45672"], "ipAddress": "127.0.0.1"}])
+        json!([{"consoleURL": "http://127.0.0.1:45673", "endpoints": ["amqp://127.0.0.1:45672"], "ipAddress": "127.0.0.1",
+                "nodeId": format!("{id}-1"), "availabilityZone": "us-east-1a"}])
     );
 }

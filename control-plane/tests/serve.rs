@@ -162,6 +162,12 @@ fn openapi_documents_every_amazon_mq_operation() {
         "DescribeBrokerInstanceOptions",
         // Mooring's extension: the audit trail.
         "ListAuditEvents",
+        // Mooring's extensions: replicated brokers, maintenance, AWS login.
+        "ListBrokerEvents",
+        "SwitchoverBroker",
+        "DescribeMaintenance",
+        "UpdateMaintenance",
+        "LoginWithAws",
     ];
     expected.sort_unstable();
     assert_eq!(ids, expected);
