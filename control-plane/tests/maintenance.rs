@@ -469,3 +469,46 @@ async fn update_broker_changes_are_pending_with_a_time_and_reboot_applies_them()
         .expect("list")
         .is_empty());
 }
+
+/// A configuration revision is a pending action too (its settings need a restart), applied
+/// in the window like an engine version.
+#[tokio::test]
+async fn configuration_revision_is_applied_in_the_window() {
+    let h = Harness::new(common::sqlite_store().await, 10).await;
+    let id = h.create_running("cfg-patch", "FRIDAY", "22:00").await;
+    let config = h
+        .api
+        .post(
+            "/v1/configurations",
+            json!({"name": "cfg-m", "engineType": "RABBITMQ"}),
+        )
+        .await
+        .ok();
+    let config_id = config["id"].as_str().expect("configuration id").to_owned();
+    h.api
+        .put(
+            &format!("/v1/brokers/{id}"),
+            json!({"configuration": {"id": config_id, "revision": 1}, "autoMinorVersionUpgrade": false}),
+        )
+        .await
+        .ok();
+    h.pass().await;
+    let d = h.describe(&id).await;
+    assert_eq!(d["configurations"]["pending"]["id"], json!(config_id));
+    let actions = d["pendingActions"].as_array().expect("list").clone();
+    assert_eq!(actions.len(), 1, "{d}");
+    assert_eq!(actions[0]["action"], "CONFIGURATION");
+    assert_eq!(actions[0]["target"], json!(format!("{config_id}:1")));
+
+    h.set_clock(next_window(DayOfWeek::Friday, "22:00") + TimeDelta::minutes(1));
+    h.pass().await;
+    let d = h.describe(&id).await;
+    assert_eq!(
+        d["configurations"]["current"]["id"],
+        json!(config_id),
+        "{d}"
+    );
+    assert!(d["configurations"].get("pending").is_none(), "{d}");
+    assert_eq!(d["pendingActions"], json!([]));
+    assert_eq!(d["brokerState"], "REBOOT_IN_PROGRESS");
+}
