@@ -392,7 +392,13 @@ fn broker_instances(
             console_url: Some(n.console_url()),
             endpoints: vec![n.amqp_endpoint()],
             ip_address: Some(n.host.clone()),
-            role: leadership.map(|l| if l.leader == n.id { "LEADER" } else { "FOLLOWER" }),
+            role: leadership.map(|l| {
+                if l.leader == n.id {
+                    "LEADER"
+                } else {
+                    "FOLLOWER"
+                }
+            }),
             node_id: n.id.0,
             availability_zone: n.zone,
         })
