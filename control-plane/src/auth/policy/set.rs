@@ -248,7 +248,7 @@ mod tests {
                 r#"{{"Version":"2012-10-17","Statement":{{"Effect":"{effect}","Action":"mq:*",{resource}}}}}"#
             ))
         };
-        let policies = vec![
+        let policies = [
             doc(
                 "Allow",
                 r#""Resource":"arn:aws:mq:us-east-1:1:broker:b:b-1""#,
