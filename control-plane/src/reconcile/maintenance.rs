@@ -57,6 +57,9 @@ use crate::store::{
 
 /// Time between passes without a wake-up.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(2);
+/// Wake-ups closer than this are merged into one pass: every API write and many agent
+/// reports wake the reconcilers, and a maintenance pass reads the whole fleet.
+const MIN_PASS_GAP: Duration = Duration::from_millis(500);
 /// Brokers read per store query while listing.
 const LIST_PAGE: i64 = 500;
 /// A run whose reboot request never landed (the control plane died between recording the
@@ -81,6 +84,10 @@ pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
         state
             .metrics
             .reconcile_finished("maintenance", outcome, started.elapsed());
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(MIN_PASS_GAP) => {}
+        }
         tokio::select! {
             _ = &mut shutdown => return,
             changed = wakeups.changed() => {
