@@ -124,9 +124,8 @@ fn maintenance_window(w: &WeeklyStartTime) -> Result<(DayOfWeek, String, String)
     let zone = w.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
     // The maintenance reconciler reads the window with the same parser, so whatever is
     // accepted here can be scheduled (IANA zones and UTC offsets, as Amazon MQ documents).
-    crate::plan::window::MaintenanceWindow::new(day, &time, &zone).map_err(|e| {
-        ApiError::bad_request("maintenanceWindowStartTime", format!("{e}."))
-    })?;
+    crate::plan::window::MaintenanceWindow::new(day, &time, &zone)
+        .map_err(|e| ApiError::bad_request("maintenanceWindowStartTime", format!("{e}.")))?;
     Ok((day, time, zone))
 }
 
@@ -485,12 +484,15 @@ pub async fn update_broker(
     )?;
     check_data_replication(req.data_replication_mode)?;
     if let Some(v) = &req.engine_version {
-        state.catalog.engine_version(EngineType::Rabbitmq, v).ok_or_else(|| {
-            ApiError::bad_request(
-                "engineVersion",
-                format!("Engine version {v} is not supported."),
-            )
-        })?;
+        state
+            .catalog
+            .engine_version(EngineType::Rabbitmq, v)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "engineVersion",
+                    format!("Engine version {v} is not supported."),
+                )
+            })?;
     }
     if let Some(t) = &req.host_instance_type {
         catalog::instance_type(t).ok_or_else(|| {

@@ -21,7 +21,11 @@ use crate::store::{Constraint, IamEntityRecord, PrincipalKind, StoreError};
 const XMLNS: &str = "https://iam.amazonaws.com/doc/2010-05-08/";
 
 /// An IAM error: HTTP status, IAM's code, and the message for the client.
-pub(super) struct IamError(pub(super) StatusCode, pub(super) &'static str, pub(super) String);
+pub(super) struct IamError(
+    pub(super) StatusCode,
+    pub(super) &'static str,
+    pub(super) String,
+);
 
 impl IamError {
     pub(super) fn no_such_user(name: &str) -> Self {

@@ -14,9 +14,9 @@
 //! pass's outcome and duration in the metrics registry.
 
 pub mod backoff;
-pub mod maintenance;
 pub mod failover;
 pub mod leadership;
+pub mod maintenance;
 pub mod provision;
 
 use std::future::Future;

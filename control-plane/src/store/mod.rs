@@ -39,15 +39,15 @@ pub use aws_login::{
 pub use brokers::{BrokerDetail, BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
 pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use error::{Constraint, StoreError};
+pub use events::{EventRecord, NewEvent};
 pub use ids::{BrokerId, ConfigurationId};
 pub use maintenance::{ActionKind, ActionRecord, ActionSource, RunRecord};
-pub use events::{EventRecord, NewEvent};
 pub use nodes::{NewNode, NodeAuth, NodeRecord, ObservedState, ReportedReplication};
-pub use replication::{HeartbeatAnswer, Promotion, ReplicationRecord, SwitchoverRequest};
 pub use principals::{
-    AccessKeyRecord, IamEntityRecord, KeyInsert, ManagedPolicyRecord, PrincipalKind, PrincipalUsage,
-    MAX_PRINCIPAL_TAGS,
+    AccessKeyRecord, IamEntityRecord, KeyInsert, ManagedPolicyRecord, PrincipalKind,
+    PrincipalUsage, MAX_PRINCIPAL_TAGS,
 };
+pub use replication::{HeartbeatAnswer, Promotion, ReplicationRecord, SwitchoverRequest};
 pub use sessions::{RoleRecord, SessionRecord};
 pub use users::{NewUser, UserRecord, UserUpdate};
 

@@ -144,7 +144,10 @@ mod tests {
             AuthError::ExpiredToken.code(Protocol::RestJson),
             "ExpiredTokenException"
         );
-        assert_eq!(AuthError::ExpiredToken.code(Protocol::Query), "ExpiredToken");
+        assert_eq!(
+            AuthError::ExpiredToken.code(Protocol::Query),
+            "ExpiredToken"
+        );
         assert_eq!(
             AuthError::Incomplete("x".into()).http_status(Protocol::Query),
             400
