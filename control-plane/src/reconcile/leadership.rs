@@ -454,12 +454,11 @@ pub async fn switchover(
             });
         }
         if now.switchover.is_none() {
-            let events = state.store.event_list(broker_id, None, 1_000).await?;
-            let why = events
-                .iter()
-                .rev()
-                .find(|e| e.kind == kind::SWITCHOVER_REFUSED)
-                .map_or_else(|| "cancelled".to_owned(), |e| e.reason.clone());
+            let why = state
+                .store
+                .event_last_of_kind(broker_id, kind::SWITCHOVER_REFUSED)
+                .await?
+                .map_or_else(|| "cancelled".to_owned(), |e| e.reason);
             return Err(SwitchoverError::Refused(why));
         }
         if started.elapsed() >= deadline {

@@ -112,6 +112,25 @@ impl Store {
         Ok(())
     }
 
+    /// The broker's latest event of `kind`, if any.
+    pub async fn event_last_of_kind(
+        &self,
+        broker_id: &BrokerId,
+        kind: &str,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let row: Option<EventRow> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, broker_id, at, kind, from_node, to_node, epoch, reason, duration_ms \
+                 FROM broker_events WHERE broker_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(broker_id.as_str())
+            .bind(kind)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row.map(Into::into))
+    }
+
     /// A broker's events, oldest first, with ids strictly above `after` (keyset paging).
     pub async fn event_list(
         &self,
