@@ -513,6 +513,11 @@ async fn no_confirmed_message_lost_through_leader_kills_freeze_switchover_and_re
         chaos_on(&cp, &api, &mut cluster, kills),
         chaos_on(&cp, &api, &mut standby, kills),
     );
+    if (c.is_err() || s.is_err()) && std::env::var_os("MOORING_CHAOS_KEEP").is_some() {
+        println!("logs kept in {}", dir.path().display());
+        std::mem::forget(dir);
+        bail!("cluster: {:?}\nstandby: {:?}", c.err(), s.err());
+    }
     let c = c.with_context(|| cluster.logs_of(&cp))?;
     let s = s.with_context(|| standby.logs_of(&cp))?;
     let chaos_time = started.elapsed();
