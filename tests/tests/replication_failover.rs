@@ -215,18 +215,34 @@ async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
         .await
         .with_context(|| cluster.logs())?;
 
-    // More confirmed publishes, then the second leader dies too; the best in-sync node (the
-    // returned one or the third) must hold everything confirmed in both phases.
+    // More confirmed publishes; then one follower (the returned old leader) dies, and the
+    // leader dies less than the lag timeout later, so that follower is still in the recorded
+    // in-sync set. Every recorded in-sync node may be promoted, so the dead follower, restarted
+    // on its files, must hold everything confirmed: the leader may not confirm what it has not
+    // acked.
     let conn = connect_when_serving(&cluster, new).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let before = confirmed.lock().len();
     let publisher = spawn_publisher(ch, 1_000_000, confirmed.clone());
+    let t = Instant::now();
     wait_confirmed(&cluster, &confirmed, before + 200).await?;
+    println!(
+        "200 confirmed publishes on the replicated leader took {} ms",
+        t.elapsed().as_millis()
+    );
+    cluster.kill9(0)?;
+    let at_follower_death = confirmed.lock().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.kill9(new)?;
+    println!(
+        "confirmed while a recorded in-sync follower was dead: {}",
+        confirmed.lock().len() - at_follower_death
+    );
     let _ = tokio::time::timeout(Duration::from_secs(15), publisher).await;
     let acked = confirmed.lock().clone();
-    let new = cluster.promote_best(new).await?;
+    cluster.spawn(0)?;
+    let new = cluster.promote(new, 0).await?;
     first_confirmed_publish(&cluster, new).await?;
 
     let (present, duplicates) = drain(&cluster, new).await?;

@@ -320,13 +320,7 @@ impl Cluster {
     /// recorded in-sync follower with the highest position, bump the epoch and every
     /// generation. Returns the new leader's index.
     pub async fn promote_best(&self, dead: usize) -> Result<usize> {
-        let until = self.cp.lock().lease_until;
-        if let Some(until) = until {
-            let now = Instant::now();
-            if until > now {
-                tokio::time::sleep(until - now + Duration::from_millis(100)).await;
-            }
-        }
+        self.wait_out_lease().await;
         let dead_id = self.nodes[dead].id.clone();
         let mut cp = self.cp.lock();
         let best = cp
@@ -343,6 +337,32 @@ impl Cluster {
             .context("no in-sync follower to promote")?;
         self.set_leader(&mut cp, &best.0, &dead_id);
         Ok(self.index_of(&best.0))
+    }
+
+    async fn wait_out_lease(&self) {
+        let until = self.cp.lock().lease_until;
+        if let Some(until) = until {
+            let now = Instant::now();
+            if until > now {
+                tokio::time::sleep(until - now + Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Like [`promote_best`](Self::promote_best), but promotes node `chosen`, which must be in
+    /// the recorded in-sync set (any member may be chosen, so each must hold every confirm).
+    pub async fn promote(&self, dead: usize, chosen: usize) -> Result<usize> {
+        self.wait_out_lease().await;
+        let (dead_id, chosen_id) = (self.nodes[dead].id.clone(), self.nodes[chosen].id.clone());
+        let mut cp = self.cp.lock();
+        if !cp.in_sync.iter().any(|n| n.0 == chosen_id) {
+            bail!(
+                "{chosen_id} is not in the recorded in-sync set {:?}",
+                cp.in_sync
+            );
+        }
+        self.set_leader(&mut cp, &chosen_id, &dead_id);
+        Ok(chosen)
     }
 
     fn set_leader(&self, cp: &mut CpState, leader: &str, dead: &str) {
