@@ -370,6 +370,26 @@ impl Hub {
         self.recompute(&mut st, Instant::now());
     }
 
+    /// Leader: `node` is about to receive a full resync, which throws away what it holds, so
+    /// from now on it counts as holding nothing — out of the proposed in-sync set, its acks
+    /// forgotten. Returns true once the control plane's recorded set no longer names it
+    /// either; only then may the copy start. The control plane promotes only recorded members
+    /// (agent-protocol's replication module), so a member mid-copy could otherwise be
+    /// promoted with a partial log and lose confirmed messages.
+    pub fn admit_resync(&self, node: &NodeId) -> bool {
+        let mut st = self.state.lock();
+        let Some(l) = st.leading.as_mut() else {
+            return false;
+        };
+        l.proposed.remove(node);
+        let f = l.followers.entry(node.clone()).or_default();
+        f.acked = 0;
+        f.streaming = false;
+        let clear = l.seeded && l.recorded.as_ref().is_some_and(|r| !r.contains(node));
+        self.recompute(&mut st, Instant::now());
+        clear
+    }
+
     /// The heartbeat's answer: the lease (counted from `sent_at`) and the recorded set.
     pub fn on_pointer(&self, sent_at: Instant, pointer: &DesiredPointer) {
         let mut st = self.state.lock();
@@ -685,6 +705,37 @@ mod tests {
             in_sync: Some(in_sync.iter().map(|s| n(s)).collect()),
             release_lease: false,
         }
+    }
+
+    #[test]
+    fn a_recorded_member_is_not_resynced_until_the_control_plane_drops_it() {
+        let hub = Hub::new(HubConfig::new(n("a")));
+        hub.become_leader(2, vec![n("a"), n("b")]);
+        assert!(!hub.admit_resync(&n("b")), "nothing recorded yet");
+        hub.on_pointer(Instant::now(), &pointer(2, 5_000, &["a", "b"]));
+        hub.follower_update(&n("b"), |f| {
+            f.acked = 7;
+            f.connected = true;
+            f.streaming = true;
+        });
+        // b comes back needing a copy: it leaves the proposal at once, with its acks...
+        assert!(!hub.admit_resync(&n("b")), "still recorded in sync");
+        assert_eq!(hub.status().proposed_in_sync, vec![n("a")]);
+        assert_eq!(
+            hub.state
+                .lock()
+                .leading
+                .as_ref()
+                .expect("leading")
+                .followers[&n("b")]
+                .acked,
+            0
+        );
+        // ...but is copied only once the recorded set no longer names it.
+        hub.on_pointer(Instant::now(), &pointer(2, 5_000, &["a"]));
+        assert!(hub.admit_resync(&n("b")));
+        hub.stop_leading();
+        assert!(!hub.admit_resync(&n("b")), "only a leader resyncs anyone");
     }
 
     #[tokio::test]

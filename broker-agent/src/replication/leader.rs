@@ -21,6 +21,10 @@ use crate::engine::storage::{replica, FileOp};
 /// A peer that does not complete the handshake within this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of entries written per batch (then flushed).
+/// How long a follower needing a resync waits for the control plane to record it out of the
+/// in-sync set (a heartbeat round or two); below the follower's handshake timeout.
+const RESYNC_ADMIT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESYNC_ADMIT_POLL: Duration = Duration::from_millis(20);
 const SHIP_BATCH_BYTES: usize = 1024 * 1024;
 /// How often an idle shipper checks that this node still leads.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
@@ -148,6 +152,9 @@ async fn session(
         bail!("follower {node} has seen epoch {their_epoch}, newer than ours ({epoch}): fenced");
     }
     let resumable = resume.filter(|r| hub.can_resume(*r));
+    if resumable.is_none() {
+        admit_resync(hub, &node).await?;
+    }
     let proof = auth::sign(
         &spec.secret,
         Side::Leader,
@@ -245,6 +252,22 @@ async fn run_follower(
             Err(e) => Err(anyhow!("ack reader failed: {e}")),
         },
     }
+}
+
+/// Waits until `node` may be resynced: out of the in-sync set as the control plane records
+/// it (see [`Hub::admit_resync`]). Confirms wait for it meanwhile, as for any member.
+async fn admit_resync(hub: &Hub, node: &NodeId) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + RESYNC_ADMIT_TIMEOUT;
+    while !hub.admit_resync(node) {
+        if !hub.is_leading() {
+            bail!("this node stopped leading");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("follower {node} is still recorded in sync; its resync waits for the next try");
+        }
+        tokio::time::sleep(RESYNC_ADMIT_POLL).await;
+    }
+    Ok(())
 }
 
 /// Streams a copy of every file, then `SnapshotEnd` at the position read before the copy

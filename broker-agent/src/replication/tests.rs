@@ -74,6 +74,19 @@ struct Leader {
 async fn start_leader(dir: &std::path::Path) -> Leader {
     let hub = Arc::new(Hub::new(HubConfig::new(NodeId("a".into()))));
     hub.become_leader(1, vec![NodeId("a".into()), NodeId("b".into())]);
+    // The control plane's first answer: a lease, and an in-sync set of the leader alone (a
+    // follower joining by full resync is admitted only while it is not recorded in sync).
+    hub.on_pointer(
+        std::time::Instant::now(),
+        &mooring_agent_protocol::DesiredPointer {
+            lease: Some(mooring_agent_protocol::LeaseGrant {
+                epoch: mooring_agent_protocol::Epoch(1),
+                duration_ms: 600_000,
+            }),
+            in_sync: Some(vec![NodeId("a".into())]),
+            ..Default::default()
+        },
+    );
     let mut config = StorageConfig::new(dir);
     config.tap = Some(Tap(hub.clone()));
     let storage = Storage::open(config).expect("leader storage");
