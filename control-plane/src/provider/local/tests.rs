@@ -6,15 +6,16 @@ use super::*;
 use std::os::unix::fs::PermissionsExt;
 
 const FAKE_AGENT: &str = r#"#!/bin/sh
-# Stand-in for `mooring-agent run`: record the pid and the token, then idle until SIGTERM.
+# Stand-in for `mooring-agent run`: record the token, then the pid (tests wait for the pid
+# file and then read the token), then idle until SIGTERM.
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-dir) dir="$2"; shift ;;
   esac
   shift
 done
-echo $$ > "$dir/agent.pid"
 printf '%s' "$MOORING_AGENT_TOKEN" > "$dir/token-seen"
+echo $$ > "$dir/agent.pid"
 if [ -e "$dir/../ignore-term" ]; then trap '' TERM; else trap 'exit 0' TERM; fi
 while :; do sleep 0.05; done
 "#;
