@@ -55,6 +55,10 @@ pub struct Gate {
     /// This leadership is over (demoted, superseded, or released): waiters below
     /// `confirmable` were released already; every other one is told "never".
     pub fenced: bool,
+    /// Until when the lease holds (none while released or never granted). A confirm the gate
+    /// let through goes out only before it: a leader frozen between the two (SIGSTOP) would
+    /// otherwise confirm after a promotion.
+    pub lease_until: Option<Instant>,
 }
 
 /// One follower as its leader sees it.
@@ -447,6 +451,12 @@ impl Hub {
         let Some(l) = st.leading.as_ref() else {
             return;
         };
+        let lease = if st.released { None } else { l.lease_until };
+        self.gate_tx.send_if_modified(|g| {
+            let changed = g.lease_until != lease;
+            g.lease_until = lease;
+            changed
+        });
         if l.lease_until.is_none_or(|u| now >= u) || st.released {
             return;
         }
@@ -504,20 +514,30 @@ impl Hub {
     fn wait_confirmable(&self, lsn: u64) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send>> {
         let mut rx = self.gate_tx.subscribe();
         Box::pin(async move {
-            let gate = rx
-                .wait_for(|g| g.confirmable >= lsn || g.fenced)
-                .await
-                .map(|g| *g)
-                .unwrap_or(Gate {
-                    confirmable: 0,
-                    fenced: true,
-                });
-            if gate.confirmable >= lsn {
-                Ok(())
-            } else {
-                Err(io::Error::other(
+            let never = || {
+                io::Error::other(
                     "this node no longer leads the broker: the message is not confirmed",
-                ))
+                )
+            };
+            loop {
+                let Ok(gate) = rx
+                    .wait_for(|g| g.confirmable >= lsn || g.fenced)
+                    .await
+                    .map(|g| *g)
+                else {
+                    return Err(never());
+                };
+                if gate.confirmable < lsn {
+                    return Err(never());
+                }
+                if gate.lease_until.is_some_and(|u| Instant::now() < u) {
+                    return Ok(());
+                }
+                // Replicated, but the lease lapsed before this confirm went out: hold it
+                // until the lease is renewed under this epoch; a fence means never.
+                if gate.fenced || rx.changed().await.is_err() {
+                    return Err(never());
+                }
             }
         })
     }
