@@ -134,6 +134,13 @@ async fn start_adopts_instead_of_duplicating_and_survives_a_lost_pid_file() {
         StartOutcome::Started { .. }
     ));
     assert!(node_dir.join("durable").exists());
+    // Let the new agent come up before deleting it: a delete in the instant after a start
+    // can miss a process that is not yet findable (see the session notes).
+    wait_for("the new agent", || {
+        fs::read_to_string(node_dir.join("token-seen")).is_ok_and(|t| t == "tok-4")
+            && !procfs::find_agents(&node.node_id.0, &node_dir).is_empty()
+    })
+    .await;
 
     assert_eq!(
         restarted.list().await.expect("list"),
