@@ -153,6 +153,22 @@ pub struct ServeConfig {
     /// Replicated brokers: heartbeats, leases, failure detection.
     #[command(flatten)]
     pub failover: FailoverConfig,
+
+    /// Milliseconds of the control-plane lease. Of several replicas on one database only
+    /// the holder runs the reconcilers (provisioning, failover, maintenance); the others
+    /// serve the API and take over once it expires. Shorter: a dead holder is replaced
+    /// sooner (brokers that fail while no replica acts wait for it), at the cost of more
+    /// database writes (one renewal per quarter lease) and of a slow database making a
+    /// healthy holder step down. The holder stops acting after three quarters of it
+    /// without a renewal.
+    #[arg(long, env = "MOORING_CONTROL_PLANE_LEASE_MS", default_value_t = 2000)]
+    pub control_plane_lease_ms: u64,
+
+    /// The control-plane URL the local provider gives the agents it starts. Default: this
+    /// replica's agent listener. With several replicas, an address that reaches any live
+    /// one (a load balancer), so that agents keep heartbeating when a replica dies.
+    #[arg(long, env = "MOORING_AGENT_CONTROL_PLANE_URL")]
+    pub agent_control_plane_url: Option<String>,
 }
 
 impl ServeConfig {
@@ -185,6 +201,8 @@ impl ServeConfig {
             auth_cache_ttl_ms: 2000,
             aws_login: Box::default(),
             failover: FailoverConfig::default(),
+            control_plane_lease_ms: 2000,
+            agent_control_plane_url: None,
         }
     }
 
@@ -226,6 +244,10 @@ impl ServeConfig {
         crate::app::aws_login::AwsLogin::from_config(&self.aws_login)
             .map_err(anyhow::Error::msg)?;
         self.failover.validate()?;
+        anyhow::ensure!(
+            self.control_plane_lease_ms >= 200,
+            "--control-plane-lease-ms must be at least 200"
+        );
         Ok(())
     }
 }

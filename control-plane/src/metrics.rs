@@ -56,6 +56,25 @@ pub struct Metrics {
     /// from the old leader's last sign of life (failover) or the request (switchover) to
     /// the promotion's commit.
     leadership: Mutex<BTreeMap<String, Histogram>>,
+    /// The control-plane lease as this replica last saw it; `None` where no lease task
+    /// runs (in-process tests).
+    lease: Mutex<Option<LeaseGauge>>,
+}
+
+/// The control-plane lease as a replica sees it (see `reconcile::lease`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseGauge {
+    /// This replica's name.
+    pub replica: String,
+    /// Whether this replica holds it (and runs the reconcilers).
+    pub held: bool,
+    /// Who holds it as last read ('' when nobody does).
+    pub holder: String,
+    /// Its fencing counter as last read.
+    pub term: i64,
+    /// Tenures this replica started and ended.
+    pub acquired: u64,
+    pub lost: u64,
 }
 
 impl Metrics {
@@ -93,8 +112,43 @@ impl Metrics {
             .observe(elapsed);
     }
 
+    /// Records what the lease task saw last.
+    pub fn set_lease(&self, gauge: LeaseGauge) {
+        *self.lease.lock() = Some(gauge);
+    }
+
+    pub fn lease(&self) -> Option<LeaseGauge> {
+        self.lease.lock().clone()
+    }
+
     pub fn render(&self, brokers: &[BrokerStateCount]) -> String {
         let mut out = String::new();
+        if let Some(lease) = self.lease() {
+            out.push_str("# HELP mooring_control_plane_lease_held 1 while this replica holds the control-plane lease and runs the reconcilers.\n");
+            out.push_str("# TYPE mooring_control_plane_lease_held gauge\n");
+            let _ = writeln!(
+                out,
+                "mooring_control_plane_lease_held{{replica=\"{}\",holder=\"{}\"}} {}",
+                escape(&lease.replica),
+                escape(&lease.holder),
+                u8::from(lease.held)
+            );
+            out.push_str("# HELP mooring_control_plane_lease_term The control-plane lease's fencing counter, as last read.\n");
+            out.push_str("# TYPE mooring_control_plane_lease_term gauge\n");
+            let _ = writeln!(out, "mooring_control_plane_lease_term {}", lease.term);
+            out.push_str("# HELP mooring_control_plane_lease_transitions_total Tenures of this replica started (acquired) and ended (lost).\n");
+            out.push_str("# TYPE mooring_control_plane_lease_transitions_total counter\n");
+            let _ = writeln!(
+                out,
+                "mooring_control_plane_lease_transitions_total{{kind=\"acquired\"}} {}",
+                lease.acquired
+            );
+            let _ = writeln!(
+                out,
+                "mooring_control_plane_lease_transitions_total{{kind=\"lost\"}} {}",
+                lease.lost
+            );
+        }
         {
             let leadership = self.leadership.lock();
             out.push_str("# HELP mooring_leadership_change_duration_seconds Failovers and switchovers of replicated brokers, to the promotion's commit.\n");

@@ -20,6 +20,8 @@ use crate::{binary, wait_for};
 pub const SERVE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a broker may take from CreateBroker to RUNNING with every node serving.
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long [`Api::wait_healthy`] wants a broker healthy without a change.
+pub const HEALTHY_FOR: Duration = Duration::from_secs(1);
 /// Postgres on the development and CI machines (trust auth).
 pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -160,6 +162,21 @@ impl ControlPlane {
     /// The API client signed with this control plane's own bootstrapped admin key.
     pub fn api(&self) -> Result<Api> {
         self.api_with(&self.data_dir)
+    }
+
+    /// Whether this replica holds the control-plane lease (and runs the reconcilers), as
+    /// its `/healthz` says.
+    pub async fn holds_lease(&self) -> Result<bool> {
+        let body = reqwest::Client::new()
+            .get(format!("http://{}/healthz", self.addr))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .context("GET /healthz")?
+            .text()
+            .await
+            .context("reading /healthz")?;
+        Ok(body.contains("control-plane lease: held by this replica"))
     }
 
     /// SIGKILL of the control plane itself.
@@ -316,6 +333,11 @@ pub struct Instance {
 }
 
 impl Api {
+    /// `http://127.0.0.1:PORT` of the control plane it calls.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// Sends a signed request; a non-2xx answer is an [`ApiFailure`].
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
@@ -479,24 +501,53 @@ impl Api {
     }
 
     /// Waits until the broker is RUNNING with `nodes` instances, a leader among them and no
-    /// action required (redundancy complete); returns its instances, leader first.
+    /// action required (redundancy complete), unchanged for [`HEALTHY_FOR`]; returns its
+    /// instances, leader first.
+    ///
+    /// Held for a while because a broker turns RUNNING as soon as its nodes run, before the
+    /// failover loop has judged its redundancy: a leader killed in that moment may have no
+    /// in-sync follower yet, and then correctly nothing is promoted.
     pub async fn wait_healthy(
         &self,
         broker_id: &str,
         nodes: usize,
         timeout: Duration,
     ) -> Result<Vec<Instance>> {
-        let what = format!("broker {broker_id} RUNNING with {nodes} nodes in sync");
-        wait_for(timeout, &what, || async move {
-            let d = self.describe(broker_id).await?;
-            let instances = instances(&d)?;
-            let healthy = d["brokerState"] == "RUNNING"
-                && d["actionsRequired"].as_array().is_none_or(|a| a.is_empty())
-                && instances.len() == nodes
-                && instances.iter().filter(|i| i.role == "LEADER").count() == 1;
-            Ok(healthy.then_some(instances))
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut since: Option<(tokio::time::Instant, Vec<Instance>)> = None;
+        let mut last_error = None;
+        loop {
+            match self.describe(broker_id).await {
+                Ok(d) => {
+                    let list = instances(&d)?;
+                    let healthy = d["brokerState"] == "RUNNING"
+                        && d["actionsRequired"].as_array().is_none_or(|a| a.is_empty())
+                        && list.len() == nodes
+                        && list.iter().filter(|i| i.role == "LEADER").count() == 1;
+                    since = match since.take() {
+                        _ if !healthy => None,
+                        Some((at, before)) if before == list => Some((at, before)),
+                        _ => Some((tokio::time::Instant::now(), list)),
+                    };
+                    if let Some((at, list)) = &since {
+                        if at.elapsed() >= HEALTHY_FOR {
+                            return Ok(list.clone());
+                        }
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let what = format!("broker {broker_id} RUNNING with {nodes} nodes in sync");
+                match last_error {
+                    Some(e) => {
+                        bail!("timed out after {timeout:?} waiting for {what}: last error: {e:#}")
+                    }
+                    None => bail!("timed out after {timeout:?} waiting for {what}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

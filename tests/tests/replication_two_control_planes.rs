@@ -1,13 +1,20 @@
 //! Issue 5, "It must show" point 5: two `mooring serve` processes against one Postgres
-//! database never produce two leaders for a broker while its leaders are killed.
+//! database never produce two leaders for a broker while its leaders are killed, and the
+//! active control plane itself is killed once.
 //!
 //! What a user runs for the local provider on one machine: both processes share the data
 //! directory (the local provider finds and adopts node agents through their pid files under
-//! `<data-dir>/nodes`, so whichever control plane notices a dead agent restarts it, and the
-//! other adopts it) and the master key in it (sealed secrets must open in both); the
+//! `<data-dir>/nodes`) and the master key in it (sealed secrets must open in both); the
 //! database is fresh per run (`mooring_chaos_<random>` on 127.0.0.1:5432, a required peer).
-//! Both run their failover loops against the same rows: promotions are epoch
-//! compare-and-sets, so of two racing passes exactly one may win.
+//! Only the holder of the control-plane lease runs the reconcilers (provisioning, failover);
+//! both serve the API and the agent API. Agents reach "the control plane" through a small
+//! TCP forwarder that takes the first replica accepting a connection, as a load balancer in
+//! front of the replicas would (`--agent-control-plane-url`).
+//!
+//! After the first leader kill the test SIGKILLs the replica holding the lease: the other
+//! must take the lease over (printed: how long after the kill), the producer's confirms must
+//! keep flowing, and the killed replica is started again as a standby on the same data
+//! directory (it must not start a second agent for any node: checked at the end).
 //!
 //! Checked all along, every ~100 ms: DescribeBroker through each control plane names at
 //! most one LEADER, and at most one node accepts AMQP clients (followers refuse them, so a
@@ -27,10 +34,16 @@ use mooring_tests::control_plane::{
 };
 use mooring_tests::wait_for;
 use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
 
 const USER: (&str, &str) = ("twocp", "twocp-password-1");
 const QUEUE: &str = "twocp";
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The control plane holding the lease is killed before this leader kill.
+const CONTROL_PLANE_KILL_BEFORE: usize = 1;
+/// How long the standby may take to hold the lease after the holder's SIGKILL (the lease is
+/// 2 s by default: about 2.5 s is expected).
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn kills() -> usize {
     if std::env::var_os("MOORING_LONG").is_some() {
@@ -52,9 +65,9 @@ struct Violations {
     two_nodes_serving: Vec<String>,
 }
 
-/// Polls both control planes and every node until `stop`.
+/// Polls every live control plane and every node until `stop`.
 async fn monitor(
-    apis: Vec<Api>,
+    apis: Arc<Mutex<Vec<Api>>>,
     broker_id: String,
     endpoints: Vec<String>,
     stop: Arc<AtomicBool>,
@@ -62,6 +75,7 @@ async fn monitor(
 ) {
     let user = user();
     while !stop.load(Ordering::Relaxed) {
+        let apis = apis.lock().expect("lock").clone();
         for (i, api) in apis.iter().enumerate() {
             if let Ok(d) = api.describe(&broker_id).await {
                 if let Ok(list) = instances(&d) {
@@ -108,44 +122,102 @@ async fn monitor(
     }
 }
 
+/// What a load balancer in front of the replicas does for the agents: each connection goes to
+/// the first of `targets` that accepts it (a dead replica's port refuses at once).
+async fn forwarder(
+    targets: Arc<Mutex<Vec<String>>>,
+) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let targets = targets.lock().expect("lock").clone();
+            tokio::spawn(async move {
+                for target in targets {
+                    let connect = TcpStream::connect(&target);
+                    if let Ok(Ok(mut outbound)) =
+                        tokio::time::timeout(Duration::from_secs(1), connect).await
+                    {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+fn log_tails(cps: &[ControlPlane]) -> String {
+    cps.iter()
+        .enumerate()
+        .map(|(i, cp)| format!("control plane {i}:\n{}", cp.log_tail()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The indexes of the live replicas that hold the lease, as their `/healthz` say.
+async fn holders(cps: &[ControlPlane], alive: &[bool]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, cp) in cps.iter().enumerate() {
+        if alive[i] && cp.holds_lease().await.unwrap_or(false) {
+            out.push(i);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<()> {
     let db = TempDatabase::create()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("cp");
-    let a = ControlPlane::start(
-        &data,
-        ServeOptions {
-            database_url: Some(db.url.clone()),
-            log_name: Some("mooring-a.log".into()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let mut b = ControlPlane::start(
-        &data,
-        ServeOptions {
-            database_url: Some(db.url.clone()),
-            master_key_file: Some(data.join("master.key")),
-            log_name: Some("mooring-b.log".into()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    // `a` kills the agents when the test ends.
+    let targets: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (front, front_task) = forwarder(targets.clone()).await?;
+    let options = |log: &str, shared_key: bool| ServeOptions {
+        database_url: Some(db.url.clone()),
+        master_key_file: shared_key.then(|| data.join("master.key")),
+        log_name: Some(log.to_owned()),
+        extra_args: vec![
+            "--agent-control-plane-url".to_owned(),
+            format!("http://{front}"),
+        ],
+    };
+    // cps[0] kills the agents when the test ends (dropped last of all, even when killed).
+    let mut cps = vec![ControlPlane::start(&data, options("mooring-a.log", false)).await?];
+    targets.lock().expect("lock").push(cps[0].addr.clone());
+    let mut b = ControlPlane::start(&data, options("mooring-b.log", true)).await?;
     b.share_agents();
-    assert_ne!(a.addr, b.addr, "two distinct API listeners");
+    targets.lock().expect("lock").push(b.addr.clone());
+    cps.push(b);
+    let mut alive = vec![true, true];
+    assert_ne!(cps[0].addr, cps[1].addr, "two distinct API listeners");
     // The admin key bootstrapped by the first works on the second: one database.
-    let api_a = a.api()?;
-    let api_b = b.api_with(&data)?;
+    let apis: Arc<Mutex<Vec<Api>>> =
+        Arc::new(Mutex::new(vec![cps[0].api()?, cps[1].api_with(&data)?]));
+    let live_apis = || apis.lock().expect("lock").clone();
+    let first = wait_for(Duration::from_secs(30), "exactly one lease holder", || {
+        let (cps, alive) = (&cps, &alive);
+        async move {
+            let h = holders(cps, alive).await;
+            Ok((h.len() == 1).then(|| h[0]))
+        }
+    })
+    .await?;
+    println!("control plane {first} holds the lease");
 
-    let broker_id = api_a
+    let broker_id = live_apis()[0]
         .create_broker("twocp", "CLUSTER_MULTI_AZ", USER)
         .await?;
-    let mut nodes = api_b
+    let mut nodes = live_apis()[1]
         .wait_healthy(&broker_id, 3, mooring_tests::control_plane::CREATE_TIMEOUT)
         .await
-        .with_context(|| a.log_tail())?;
+        .with_context(|| log_tails(&cps))?;
     nodes.sort_by(|x, y| x.node_id.cmp(&y.node_id));
     let endpoints: Vec<String> = nodes.iter().map(|n| n.amqp.clone()).collect();
 
@@ -164,18 +236,22 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
     );
     let violations = Arc::new(Mutex::new(Violations::default()));
     let watcher = tokio::spawn(monitor(
-        vec![api_a.clone(), api_b.clone()],
+        apis.clone(),
         broker_id.clone(),
         endpoints.clone(),
         stop.clone(),
         violations.clone(),
     ));
 
-    let apis = [&api_a, &api_b];
     let run = async {
         for k in 0..kills() {
-            // Alternate which control plane the test asks: both must agree.
-            let api = apis[k % 2];
+            if k == CONTROL_PLANE_KILL_BEFORE {
+                kill_the_lease_holder(&mut cps, &mut alive, &apis, &targets, &log, &options)
+                    .await?;
+            }
+            // Alternate which control plane the test asks: all must agree.
+            let apis_now = live_apis();
+            let api = &apis_now[k % apis_now.len()];
             let healthy = api.wait_healthy(&broker_id, 3, RECOVERY_TIMEOUT).await?;
             let leader = healthy
                 .iter()
@@ -186,12 +262,13 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
                 rand::thread_rng().gen_range(100..1000),
             ))
             .await;
-            let pid = a.agent_pid(&leader.node_id)?;
+            let pid = cps[0].agent_pid(&leader.node_id)?;
             let killed = Instant::now();
             send_signal(pid, "KILL")?;
             let (id, old) = (&broker_id, &leader.node_id);
+            let other = &apis_now[(k + 1) % apis_now.len()];
             let new_leader = wait_for(RECOVERY_TIMEOUT, "a new leader", || async move {
-                let d = apis[(k + 1) % 2].describe(id).await?;
+                let d = other.describe(id).await?;
                 Ok(instances(&d)?
                     .into_iter()
                     .find(|n| n.role == "LEADER" && n.node_id != *old))
@@ -205,15 +282,16 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
                 killed.elapsed()
             );
         }
-        api_a.wait_healthy(&broker_id, 3, RECOVERY_TIMEOUT).await
+        live_apis()[0]
+            .wait_healthy(&broker_id, 3, RECOVERY_TIMEOUT)
+            .await
     };
     let result = run.await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(30), producer).await;
     let _ = tokio::time::timeout(Duration::from_secs(30), watcher).await;
-    result.with_context(|| format!("a:\n{}\nb:\n{}", a.log_tail(), b.log_tail()))?;
+    result.with_context(|| log_tails(&cps))?;
 
-    // Both control planes did work: each ran failover passes against the shared rows.
     {
         let v = violations.lock().expect("lock");
         println!(
@@ -232,7 +310,17 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
             bail!("the monitor took only {} samples", v.samples);
         }
     }
-
+    // One lease holder among the live replicas, and one agent per node: neither the
+    // takeover nor the restarted replica started a duplicate.
+    let h = holders(&cps, &alive).await;
+    if h.len() != 1 {
+        bail!("{} lease holders at the end: {h:?}", h.len());
+    }
+    for node in &nodes {
+        cps[0]
+            .agent_pid(&node.node_id)
+            .with_context(|| format!("node {}", node.node_id))?;
+    }
     // The epoch history: one promotion per epoch, in increasing order.
     let rows = db.query(&format!(
         "SELECT kind, epoch, coalesce(to_node, '') FROM broker_events \
@@ -270,8 +358,8 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
     if Some(&current) != epochs.last() {
         bail!("current epoch {current} is not the last promotion's {epochs:?}");
     }
-    // The API reports the same history through either control plane.
-    for api in apis {
+    // The API reports the same history through every live control plane.
+    for api in &live_apis() {
         let events = api.events(&broker_id).await?;
         let api_epochs: Vec<u64> = events
             .iter()
@@ -284,7 +372,7 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
     }
     // Nothing confirmed was lost either.
     let drained = chaos::drain(
-        &api_a
+        &live_apis()[0]
             .wait_healthy(&broker_id, 3, RECOVERY_TIMEOUT)
             .await?
             .into_iter()
@@ -307,5 +395,63 @@ async fn two_control_planes_on_one_postgres_never_make_two_leaders() -> Result<(
     if verdict.confirmed == 0 || !verdict.lost.is_empty() || !verdict.out_of_order.is_empty() {
         bail!("two control planes: {verdict:?}");
     }
+    front_task.abort();
+    Ok(())
+}
+
+/// SIGKILLs the replica holding the lease; waits for another to hold it and for the
+/// producer's confirms to go on; starts the killed one again (a standby now).
+async fn kill_the_lease_holder(
+    cps: &mut Vec<ControlPlane>,
+    alive: &mut Vec<bool>,
+    apis: &Arc<Mutex<Vec<Api>>>,
+    targets: &Arc<Mutex<Vec<String>>>,
+    log: &Arc<Mutex<ProducerLog>>,
+    options: &impl Fn(&str, bool) -> ServeOptions,
+) -> Result<()> {
+    let holder = match holders(cps, alive).await.as_slice() {
+        [one] => *one,
+        many => bail!("lease holders before the kill: {many:?}"),
+    };
+    let dead_addr = cps[holder].addr.clone();
+    let killed = Instant::now();
+    cps[holder].kill();
+    alive[holder] = false;
+    apis.lock()
+        .expect("lock")
+        .retain(|api| !api.base_url().ends_with(&dead_addr));
+    let new_holder = wait_for(TAKEOVER_TIMEOUT, "a standby to take the lease", || {
+        let (cps, alive) = (&*cps, &*alive);
+        async move {
+            let h = holders(cps, alive).await;
+            Ok(h.first().copied())
+        }
+    })
+    .await
+    .with_context(|| log_tails(cps))?;
+    let takeover = killed.elapsed();
+    let confirmed_then = log.lock().expect("lock").confirmed.len();
+    wait_for(
+        RECOVERY_TIMEOUT,
+        "confirms after the takeover",
+        || async move {
+            Ok((log.lock().expect("lock").confirmed.len() >= confirmed_then + 20).then_some(()))
+        },
+    )
+    .await?;
+    println!(
+        "control plane {holder} killed: {new_holder} holds the lease after {takeover:?}; \
+         20 more confirms after {:?}",
+        killed.elapsed()
+    );
+    let mut restarted =
+        ControlPlane::start(cps[0].data_dir(), options("mooring-restarted.log", true)).await?;
+    restarted.share_agents();
+    targets.lock().expect("lock").push(restarted.addr.clone());
+    apis.lock()
+        .expect("lock")
+        .push(restarted.api_with(cps[0].data_dir())?);
+    cps.push(restarted);
+    alive.push(true);
     Ok(())
 }

@@ -8,6 +8,8 @@
 //! - [`failover`]: replicated brokers' leadership (failover, switchover; see [`leadership`])
 //!   and their honest status, on a short timer of its own.
 //!
+//! They run only in the replica holding the control-plane lease ([`lease`]).
+//!
 //! The driver here runs a pass on a timer and whenever the API or an agent wakes the
 //! reconcilers, skips brokers that are backing off after failures (with jitter) or that
 //! converged recently and whose row has not changed since ([`backoff`]), works on several brokers at once, and records each
@@ -16,6 +18,7 @@
 pub mod backoff;
 pub mod failover;
 pub mod leadership;
+pub mod lease;
 pub mod maintenance;
 pub mod provision;
 
@@ -145,25 +148,46 @@ async fn list_all(provisioner: &Provisioner) -> anyhow::Result<Vec<BrokerRecord>
 }
 
 /// Starts the reconcilers with the provider `state.config` names, for a control plane whose
-/// HTTP API (agent routes included) listens on `listen`. They stop when `stop` turns true.
+/// HTTP API (agent routes included) listens on `listen`. They run only while this replica
+/// holds the control-plane lease ([`lease`]), and stop when `stop` turns true.
 pub fn spawn(
     state: &AppState,
     listen: std::net::SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let settings = lease::Settings::from_lease_ms(state.config.control_plane_lease_ms);
+    let loops_state = state.clone();
+    vec![tokio::spawn(lease::run(
+        state.clone(),
+        lease::replica_id(listen),
+        settings,
+        stop,
+        move |acting, stop| spawn_acting(&loops_state, listen, acting, stop),
+    ))]
+}
+
+/// The loops that act on the world, for one tenure of the lease.
+fn spawn_acting(
+    state: &AppState,
+    listen: std::net::SocketAddr,
+    acting: lease::Acting,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut stop_maintenance = stop.clone();
     let maintenance = tokio::spawn(maintenance::run(state.clone(), async move {
         let _ = stop_maintenance.wait_for(|stopped| *stopped).await;
     }));
-    let mut tasks = spawn_node_loops(state, listen, stop);
+    let mut tasks = spawn_node_loops(state, listen, acting, stop);
     tasks.push(maintenance);
     tasks
 }
 
-/// The loops that act on nodes (provisioning, and failover where present).
+/// The loops that act on nodes (provisioning, and failover where present), with a provider
+/// that acts only within the tenure.
 fn spawn_node_loops(
     state: &AppState,
     listen: std::net::SocketAddr,
+    acting: lease::Acting,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let config = &state.config;
@@ -172,13 +196,17 @@ fn spawn_node_loops(
             let mut local = crate::provider::local::LocalConfig::new(
                 config.agent_binary(),
                 &config.database.data_dir,
-                agent_url(listen),
+                config
+                    .agent_control_plane_url
+                    .clone()
+                    .unwrap_or_else(|| agent_url(listen)),
             );
             local.replicated_heartbeat_interval =
                 Duration::from_millis(config.failover.replicated_heartbeat_ms);
             Arc::new(crate::provider::local::LocalProvider::new(local))
         }
     };
+    let provider: Arc<dyn Provider> = Arc::new(lease::Fenced::new(provider, acting));
     let mut stop_failover = stop.clone();
     let shutdown = async move {
         // Ends on `true` or when the sender is dropped.

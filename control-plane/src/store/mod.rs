@@ -9,6 +9,7 @@ mod audit;
 mod aws_login;
 mod brokers;
 mod configurations;
+mod cp_lease;
 mod error;
 pub mod events;
 mod ids;
@@ -38,6 +39,7 @@ pub use aws_login::{
 };
 pub use brokers::{BrokerDetail, BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
 pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
+pub use cp_lease::CpLease;
 pub use error::{Constraint, StoreError};
 pub use events::{EventRecord, NewEvent};
 pub use ids::{BrokerId, ConfigurationId};
