@@ -110,6 +110,12 @@ pub struct DesiredPointer {
     /// position (or after a bounded wait).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release_lease: bool,
+    /// To the leader of the current epoch: followers about to be stopped for a planned
+    /// restart, already out of the recorded in-sync set. The leader drops them from its
+    /// proposal at once (so no confirm waits on them) and proposes none of them again while
+    /// they are listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<NodeId>,
 }
 
 /// Periodic liveness and status report.

@@ -21,7 +21,7 @@ use mooring_control_plane::model::{
 use mooring_control_plane::reconcile::{failover, leadership};
 use mooring_control_plane::store::events::kind;
 use mooring_control_plane::store::{
-    BrokerId, NewBroker, NewEvent, NewNode, NewUser, Promotion, Store,
+    BrokerId, Leave, NewBroker, NewEvent, NewNode, NewUser, Promotion, Store,
 };
 
 async fn replicated_broker(store: &Store, name: &str, nodes: i32) -> (BrokerId, Vec<NodeId>) {
@@ -203,6 +203,133 @@ async fn two_concurrent_promotions_exactly_one_wins() {
         assert_eq!(failovers.len(), 1, "{}: one event per promotion", t.backend);
         assert_eq!(failovers[0].epoch, Some(2), "{}", t.backend);
         t.finish().await;
+    }
+}
+
+/// A follower about to be stopped for a planned restart leaves the in-sync set first: the
+/// leader is told, a stale proposal cannot put it back, the leader's proposal without it
+/// makes it `Ready`, and once stopped (`replication_left`) the leader may take it back.
+#[tokio::test]
+async fn a_planned_leave_takes_a_follower_out_before_it_stops() {
+    const ACK: TimeDelta = TimeDelta::seconds(3);
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let (broker, n) = replicated_broker(s, "leave", 3).await;
+        let now = Utc::now();
+        let seen = s
+            .replication_get(&broker)
+            .await
+            .expect("get")
+            .expect("recorded");
+        assert_eq!(seen.in_sync.len(), 3, "{b}");
+
+        let first = s
+            .replication_leave(&seen, &n[2], ACK, now)
+            .await
+            .expect("leave");
+        assert_eq!(first, Leave::Pending, "{b}");
+        // Decided on the old snapshot, another node's leave is refused: one at a time.
+        assert_eq!(
+            s.replication_leave(&seen, &n[1], ACK, now)
+                .await
+                .expect("leave"),
+            Leave::Busy,
+            "{b}"
+        );
+        let l = s
+            .replication_get(&broker)
+            .await
+            .expect("get")
+            .expect("recorded");
+        assert_eq!(l.in_sync, vec![n[0].clone(), n[1].clone()], "{b}");
+        assert_eq!(
+            s.replication_leave(&l, &n[1], ACK, now)
+                .await
+                .expect("leave"),
+            Leave::Busy,
+            "{b}: another node is leaving"
+        );
+
+        // The leader's proposal sent before it heard of the leave still names n[2]: the
+        // leave holds, and the answer tells the leader.
+        let a = s
+            .replication_heartbeat(
+                &n[0],
+                &hb(1, Role::Leader, 10, &[&n[0], &n[1], &n[2]], false),
+                LEASE,
+                now,
+            )
+            .await
+            .expect("heartbeat");
+        assert_eq!(a.in_sync, Some(vec![n[0].clone(), n[1].clone()]), "{b}");
+        assert_eq!(a.leaving, vec![n[2].clone()], "{b}");
+        assert!(!a.leaving_acked, "{b}");
+        let l = s
+            .replication_get(&broker)
+            .await
+            .expect("get")
+            .expect("recorded");
+        assert_eq!(
+            s.replication_leave(&l, &n[2], ACK, now)
+                .await
+                .expect("leave"),
+            Leave::Pending,
+            "{b}"
+        );
+        // Without an acknowledgement, the wait is bounded.
+        assert_eq!(
+            s.replication_leave(&l, &n[2], ACK, now + ACK)
+                .await
+                .expect("leave"),
+            Leave::Ready,
+            "{b}"
+        );
+
+        // The leader lets go of it: Ready.
+        let a = s
+            .replication_heartbeat(
+                &n[0],
+                &hb(1, Role::Leader, 11, &[&n[0], &n[1]], false),
+                LEASE,
+                now,
+            )
+            .await
+            .expect("heartbeat");
+        assert!(a.leaving_acked, "{b}");
+        let l = s
+            .replication_get(&broker)
+            .await
+            .expect("get")
+            .expect("recorded");
+        assert!(l.leaving.as_ref().is_some_and(|l| l.acked), "{b}");
+        assert_eq!(
+            s.replication_leave(&l, &n[2], ACK, now)
+                .await
+                .expect("leave"),
+            Leave::Ready,
+            "{b}"
+        );
+
+        // Stopped and back: the leader's proposal takes it again.
+        s.replication_left(&broker, &n[2]).await.expect("left");
+        let a = s
+            .replication_heartbeat(
+                &n[0],
+                &hb(1, Role::Leader, 12, &[&n[0], &n[1], &n[2]], false),
+                LEASE,
+                now,
+            )
+            .await
+            .expect("heartbeat");
+        assert_eq!(a.in_sync.map(|s| s.len()), Some(3), "{b}");
+        assert!(a.leaving.is_empty(), "{b}");
+        let l = s
+            .replication_get(&broker)
+            .await
+            .expect("get")
+            .expect("recorded");
+        assert!(l.leaving.is_none(), "{b}");
     }
 }
 

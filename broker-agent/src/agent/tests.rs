@@ -46,6 +46,7 @@ async fn serve(cp: Shared) -> String {
                     lease: None,
                     in_sync: None,
                     release_lease: false,
+                    leaving: Vec::new(),
                 }))
             }),
         )
@@ -61,6 +62,7 @@ async fn serve(cp: Shared) -> String {
                         lease: None,
                         in_sync: None,
                         release_lease: false,
+                        leaving: Vec::new(),
                     }))
                 },
             ),

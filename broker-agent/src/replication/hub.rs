@@ -85,6 +85,8 @@ struct Leading {
     /// neither waits for a dead predecessor nor drops a live follower on its first tick).
     proposed: BTreeSet<NodeId>,
     seeded: bool,
+    /// Followers the control plane is about to stop for a planned restart: never proposed.
+    leaving: Vec<NodeId>,
     followers: BTreeMap<NodeId, FollowerInfo>,
     peers: Vec<NodeId>,
     /// (when, position), one per tick, for the lag floor.
@@ -216,6 +218,7 @@ impl Hub {
             start_position: st.position,
             lease_until: None,
             recorded: None,
+            leaving: Vec::new(),
             proposed,
             seeded: false,
             followers: BTreeMap::new(),
@@ -415,6 +418,12 @@ impl Hub {
                     l.seeded = true;
                 }
             }
+            // A follower about to be stopped leaves the proposal now, not after the lag
+            // timeout, so confirms never wait on it (the recorded set dropped it already).
+            l.leaving.clone_from(&pointer.leaving);
+            for gone in &pointer.leaving {
+                l.proposed.remove(gone);
+            }
             if pointer.release_lease {
                 st.released = true;
             } else if pointer.lease.is_some_and(|g| g.epoch.0 == epoch) {
@@ -442,6 +451,9 @@ impl Hub {
             if l.seeded && now >= l.since + lag {
                 let floor = lag_floor(&l.samples, now, lag, l.start_position);
                 l.proposed = propose(&me, &l.peers, &l.proposed, &l.followers, floor);
+                for gone in &l.leaving {
+                    l.proposed.remove(gone);
+                }
             }
         }
         self.recompute(&mut st, now);
@@ -724,6 +736,7 @@ mod tests {
             }),
             in_sync: Some(in_sync.iter().map(|s| n(s)).collect()),
             release_lease: false,
+            leaving: Vec::new(),
         }
     }
 
@@ -810,6 +823,39 @@ mod tests {
         // Demotion: the waiter is told "never".
         hub.stop_leading();
         assert!(matches!(w3.now_or_never(), Some(Err(_))));
+    }
+
+    #[tokio::test]
+    async fn a_leaving_follower_is_never_waited_on_nor_proposed_again() {
+        use futures::FutureExt;
+        let hub = Hub::new(HubConfig::new(n("a")));
+        hub.become_leader(2, vec![n("a"), n("b"), n("c")]);
+        hub.on_pointer(Instant::now(), &pointer(2, 5_000, &["a", "b", "c"]));
+        for f in ["b", "c"] {
+            hub.follower_update(&n(f), |f| {
+                f.connected = true;
+                f.streaming = true;
+            });
+        }
+        hub.record(FileOp::CreateFile { path: "x" });
+        let lsn = hub.position();
+        let mut w = hub.replicated(lsn);
+        hub.follower_update(&n("b"), |f| f.acked = lsn);
+        assert!((&mut w).now_or_never().is_none(), "c has not acked");
+        // The control plane takes c out before stopping it: no lag timeout to sit out.
+        let mut leave = pointer(2, 5_000, &["a", "b"]);
+        leave.leaving = vec![n("c")];
+        hub.on_pointer(Instant::now(), &leave);
+        assert!(matches!((&mut w).now_or_never(), Some(Ok(()))));
+        assert_eq!(hub.status().proposed_in_sync, vec![n("a"), n("b")]);
+        // Caught up and streaming, c is still not proposed while it is listed as leaving...
+        hub.follower_update(&n("c"), |f| f.acked = lsn);
+        hub.tick(Instant::now() + Duration::from_secs(5));
+        assert_eq!(hub.status().proposed_in_sync, vec![n("a"), n("b")]);
+        // ...and once it is not (restarted and caught up), it joins again.
+        hub.on_pointer(Instant::now(), &pointer(2, 5_000, &["a", "b"]));
+        hub.tick(Instant::now() + Duration::from_secs(10));
+        assert_eq!(hub.status().proposed_in_sync, vec![n("a"), n("b"), n("c")]);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::plan::maintenance::auto_minor_upgrade;
 use crate::plan::window::{schedule_at, MaintenanceWindow};
 use crate::store::{ActionKind, ActionRecord, ActionSource, BrokerId, BrokerRecord};
 
@@ -57,11 +58,33 @@ pub fn pending_in_row(b: &BrokerRecord) -> Vec<(ActionKind, String)> {
     out
 }
 
+/// Who asked for a pending change not yet scheduled: the automatic minor version upgrade
+/// when it is exactly what that rule picks (also after a crash between setting it and
+/// scheduling it), else whoever asked for the same target before, else the user.
+pub fn action_source(
+    b: &BrokerRecord,
+    kind: ActionKind,
+    target: &str,
+    catalog: &[&str],
+    current: Option<&ActionRecord>,
+) -> ActionSource {
+    let auto = kind == ActionKind::EngineVersion
+        && b.auto_minor_version_upgrade
+        && auto_minor_upgrade(catalog.iter().copied(), &b.engine_version) == Some(target);
+    match current {
+        _ if auto => ActionSource::AutoMinorVersionUpgrade,
+        Some(r) if r.target == target => r.source,
+        _ => ActionSource::User,
+    }
+}
+
 /// The broker's pending actions with their times: the recorded schedule where it matches
-/// the row (same target, same window), else the time the reconciler will record.
+/// the row (same target, same window), else the source and time the reconciler will
+/// record (`catalog`: the engine's versions, for the automatic upgrade rule).
 pub fn pending_actions(
     b: &BrokerRecord,
     scheduled: &[ActionRecord],
+    catalog: &[&str],
     now: DateTime<Utc>,
 ) -> Vec<PendingActionView> {
     let window = broker_window(b);
@@ -80,9 +103,15 @@ pub fn pending_actions(
                     scheduled_at: Some(a.scheduled_at),
                 },
                 None => PendingActionView {
+                    source: action_source(
+                        b,
+                        kind,
+                        &target,
+                        catalog,
+                        scheduled.iter().find(|a| a.kind == kind),
+                    ),
                     kind,
                     target,
-                    source: ActionSource::User,
                     scheduled_at: window.as_ref().ok().map(|w| schedule_at(w, now)),
                 },
             }
@@ -96,7 +125,9 @@ pub async fn broker_pending_actions(
     broker: &BrokerRecord,
     scheduled: &[ActionRecord],
 ) -> Vec<PendingActionView> {
-    pending_actions(broker, scheduled, state.clock.now())
+    let versions = state.catalog.engine_versions(broker.engine_type);
+    let catalog: Vec<&str> = versions.iter().map(|v| v.version).collect();
+    pending_actions(broker, scheduled, &catalog, state.clock.now())
 }
 
 /// The fleet's maintenance switch and load, for `GET`/`PUT /v1/maintenance`.
@@ -183,14 +214,14 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 11, 3, 10, 0, 0).unwrap();
         let next = Utc.with_ymd_and_hms(2026, 11, 9, 2, 0, 0).unwrap();
         let mut b = broker();
-        assert!(pending_actions(&b, &[], now).is_empty());
+        assert!(pending_actions(&b, &[], &[], now).is_empty());
 
         b.pending_engine_version = Some("3.13.1".into());
         b.pending_configuration = Some((
             ConfigurationId::from_db("c-00000000-0000-0000-0000-000000000001".into()),
             2,
         ));
-        let shown = pending_actions(&b, &[], now);
+        let shown = pending_actions(&b, &[], &[], now);
         assert_eq!(shown.len(), 2);
         assert_eq!(shown[0].kind, ActionKind::EngineVersion);
         assert_eq!(
@@ -199,6 +230,17 @@ mod tests {
             "unscheduled: the next window"
         );
         assert_eq!(shown[1].target, "c-00000000-0000-0000-0000-000000000001:2");
+        assert_eq!(
+            shown[0].source,
+            ActionSource::User,
+            "not what the rule picks"
+        );
+        let by_rule = pending_actions(&b, &[], &["3.13.1"], now);
+        assert_eq!(
+            by_rule[0].source,
+            ActionSource::AutoMinorVersionUpgrade,
+            "set by the upgrade rule, not scheduled yet: shown as the reconciler will record it"
+        );
 
         let recorded = ActionRecord {
             broker_id: b.id.clone(),
@@ -209,7 +251,7 @@ mod tests {
             window_spec: window_spec(&b),
             created_at: now,
         };
-        let shown = pending_actions(&b, std::slice::from_ref(&recorded), now);
+        let shown = pending_actions(&b, std::slice::from_ref(&recorded), &[], now);
         assert_eq!(
             shown[0].scheduled_at,
             Some(recorded.scheduled_at),
@@ -220,14 +262,14 @@ mod tests {
         // A moved window or another target makes the record stale.
         let mut moved = b.clone();
         moved.maintenance_day = DayOfWeek::Wednesday;
-        let shown = pending_actions(&moved, std::slice::from_ref(&recorded), now);
+        let shown = pending_actions(&moved, std::slice::from_ref(&recorded), &[], now);
         assert_eq!(
             shown[0].scheduled_at,
             Some(Utc.with_ymd_and_hms(2026, 11, 4, 2, 0, 0).unwrap())
         );
         let mut other = b.clone();
         other.pending_engine_version = Some("3.13.2".into());
-        let shown = pending_actions(&other, &[recorded], now);
+        let shown = pending_actions(&other, &[recorded], &[], now);
         assert_eq!(shown[0].source, ActionSource::User);
         assert_eq!(shown[0].scheduled_at, Some(next));
     }

@@ -120,6 +120,7 @@ fn pointer(auth: &NodeAuth) -> Json<DesiredPointer> {
         lease: None,
         in_sync: None,
         release_lease: false,
+        leaving: Vec::new(),
     })
 }
 
@@ -201,8 +202,11 @@ async fn replicated_heartbeat(
         .store
         .replication_heartbeat(id, hb, lease, Utc::now())
         .await?;
+    // A leaving follower the leader let go of may be stopped now: the provisioner waits
+    // for that, so tell it at once.
     if to_i64(hb.applied_generation) != auth.applied_generation
         || hb.engine.ready != auth.engine_ready
+        || answer.leaving_acked
     {
         state.wake_reconcilers();
     }
@@ -211,6 +215,7 @@ async fn replicated_heartbeat(
         lease: answer.lease,
         in_sync: answer.in_sync,
         release_lease: answer.release_lease,
+        leaving: answer.leaving,
     }))
 }
 

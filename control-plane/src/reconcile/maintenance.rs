@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::app::maintenance::{broker_window, pending_in_row, window_spec};
+use crate::app::maintenance::{action_source, broker_window, pending_in_row, window_spec};
 use crate::app::AppState;
 use crate::catalog::Catalog;
 use crate::model::{BrokerState, EngineType};
@@ -227,27 +227,11 @@ pub fn schedule_changes(
         if current.is_some_and(|r| &r.target == target && r.window_spec == spec) {
             continue;
         }
-        // Labelled AUTO when it is exactly what the rule would pick (also after a crash
-        // between setting it and scheduling it).
-        let auto = *kind == ActionKind::EngineVersion
-            && b.auto_minor_version_upgrade
-            && auto_minor_upgrade(catalog.iter().copied(), &b.engine_version)
-                == Some(target.as_str());
         upserts.push(ActionRecord {
             broker_id: b.id.clone(),
             kind: *kind,
             target: target.clone(),
-            source: if auto {
-                ActionSource::AutoMinorVersionUpgrade
-            } else {
-                current.map_or(ActionSource::User, |r| {
-                    if r.target == *target {
-                        r.source
-                    } else {
-                        ActionSource::User
-                    }
-                })
-            },
+            source: action_source(b, *kind, target, catalog, current),
             scheduled_at: schedule_at(&window, now),
             window_spec: spec.clone(),
             created_at: now,

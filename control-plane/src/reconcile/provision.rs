@@ -33,7 +33,7 @@ use crate::provider::{NodeSpec, ProcessState, Provider, StartOutcome};
 use crate::reconcile::leadership::{replica_facts, Timing};
 use crate::store::events::kind;
 use crate::store::{
-    BrokerId, BrokerRecord, NewEvent, NewNode, NodeRecord, ObservedState, ReplicationRecord,
+    BrokerId, BrokerRecord, Leave, NewEvent, NewNode, NodeRecord, ObservedState, ReplicationRecord,
     StoreError,
 };
 
@@ -42,6 +42,10 @@ const CRASH_LOOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(5)
 
 /// Draws of an endpoint for a new node before giving up for this pass.
 const ENDPOINT_ATTEMPTS: u32 = 8;
+/// How long a follower leaving for a planned restart waits for the leader to let go of it
+/// (normally one heartbeat, 200 ms); an agent that never does is restarted anyway, and
+/// confirms then wait on it until the leader's lag timeout drops it.
+const LEAVE_ACK_TIMEOUT: chrono::TimeDelta = chrono::TimeDelta::seconds(3);
 
 /// What one broker's pass achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +202,10 @@ impl Provisioner {
                     store
                         .node_set_observed(&node.id, ObservedState::Stopped)
                         .await?;
+                    // Stopped: once it has caught up again, the leader may take it back.
+                    if leadership.is_some() {
+                        store.replication_left(&broker.id, &node.id).await?;
+                    }
                     self.start_node(broker, node, reboot_generation).await?;
                     progressed = true;
                     remaining += 1;
@@ -310,6 +318,18 @@ impl Provisioner {
         Ok(
             match restart_gate(&node.id, cause, &facts, &due, &timing.policy, now) {
                 RestartGate::Go => {
+                    if cause == RestartCause::Reboot && node.id != leadership.leader {
+                        // Out of the in-sync set before it stops, so that no confirm waits
+                        // on it meanwhile (issue 5 point 4: the planned-restart gap).
+                        let store = &self.state.store;
+                        match store
+                            .replication_leave(leadership, &node.id, LEAVE_ACK_TIMEOUT, now)
+                            .await?
+                        {
+                            Leave::Ready => {}
+                            Leave::Pending | Leave::Busy => return Ok(NodeAction::Wait),
+                        }
+                    }
                     if cause == RestartCause::Reboot {
                         let event = NewEvent {
                             broker_id: broker.id.clone(),

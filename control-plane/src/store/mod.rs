@@ -49,7 +49,9 @@ pub use principals::{
     AccessKeyRecord, IamEntityRecord, KeyInsert, ManagedPolicyRecord, PrincipalKind,
     PrincipalUsage, MAX_PRINCIPAL_TAGS,
 };
-pub use replication::{HeartbeatAnswer, Promotion, ReplicationRecord, SwitchoverRequest};
+pub use replication::{
+    HeartbeatAnswer, Leave, Leaving, Promotion, ReplicationRecord, SwitchoverRequest,
+};
 pub use sessions::{RoleRecord, SessionRecord};
 pub use users::{NewUser, UserRecord, UserUpdate};
 

@@ -40,6 +40,28 @@ pub struct ReplicationRecord {
     pub leader_since: DateTime<Utc>,
     /// The broker's state (joined, for the loops that read every replicated broker).
     pub broker_state: BrokerState,
+    /// A follower out of the in-sync set for a planned restart (see [`Store::replication_leave`]).
+    pub leaving: Option<Leaving>,
+}
+
+/// A follower taken out of the in-sync set before a planned restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaving {
+    pub node: NodeId,
+    pub since: DateTime<Utc>,
+    /// The leader's proposal no longer names it: no confirm waits on it any more.
+    pub acked: bool,
+}
+
+/// Where a planned leave stands (see [`Store::replication_leave`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Recorded now, or earlier and the leader has not let go of it yet.
+    Pending,
+    /// The leader has let go of it (or was given `since` long enough): it may be stopped.
+    Ready,
+    /// Not recorded: another node is leaving, or the leadership changed since it was read.
+    Busy,
 }
 
 /// A planned change of leader, waiting to happen.
@@ -63,6 +85,11 @@ pub struct HeartbeatAnswer {
     pub release_lease: bool,
     /// This heartbeat changed something the leadership loop acts on (lease released).
     pub leadership_changed: bool,
+    /// To the leader: the follower leaving for a planned restart (drop it from proposals).
+    pub leaving: Vec<NodeId>,
+    /// This heartbeat recorded that the leader let go of the leaving follower: the
+    /// provisioner may stop it now.
+    pub leaving_acked: bool,
 }
 
 /// A promotion decided under `from_epoch`; see [`Store::replication_promote`].
@@ -82,7 +109,7 @@ pub struct Promotion {
 const COLUMNS: &str = "r.broker_id, r.epoch, r.leader_node, r.in_sync, r.lease_expires_at, \
     r.lease_released, r.released_position, r.secret_sealed, r.switchover_requested_at, \
     r.switchover_target, r.switchover_reason, r.action_required, r.leader_since, \
-    b.state AS broker_state";
+    r.leaving_node, r.leaving_since, r.leaving_acked, b.state AS broker_state";
 
 #[derive(FromRow)]
 struct ReplicationRow {
@@ -99,6 +126,9 @@ struct ReplicationRow {
     switchover_reason: Option<String>,
     action_required: Option<String>,
     leader_since: DateTime<Utc>,
+    leaving_node: Option<String>,
+    leaving_since: Option<DateTime<Utc>>,
+    leaving_acked: bool,
     broker_state: String,
 }
 
@@ -148,6 +178,14 @@ impl TryFrom<ReplicationRow> for ReplicationRecord {
             broker_state: BrokerState::parse(&r.broker_state).ok_or_else(|| {
                 StoreError::Corrupt(format!("brokers.state = {:?}", r.broker_state))
             })?,
+            leaving: match (r.leaving_node, r.leaving_since) {
+                (Some(node), Some(since)) => Some(Leaving {
+                    node: NodeId(node),
+                    since,
+                    acked: r.leaving_acked,
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -163,6 +201,8 @@ struct HeartbeatRow {
     lease_expires_at: Option<DateTime<Utc>>,
     lease_released: Option<bool>,
     switchover_requested_at: Option<DateTime<Utc>>,
+    leaving_node: Option<String>,
+    leaving_acked: Option<bool>,
 }
 
 impl Store {
@@ -270,7 +310,8 @@ impl Store {
             let broker_id = broker_id.ok_or(StoreError::NotFound("node"))?;
             let row: HeartbeatRow = sqlx::query_as(
                 "SELECT b.generation, r.epoch, r.leader_node, r.in_sync, r.lease_expires_at, \
-                 r.lease_released, r.switchover_requested_at FROM brokers b \
+                 r.lease_released, r.switchover_requested_at, r.leaving_node, r.leaving_acked \
+                 FROM brokers b \
                  LEFT JOIN broker_replication r ON r.broker_id = b.id WHERE b.id = $1",
             )
             .bind(&broker_id)
@@ -329,7 +370,29 @@ impl Store {
                     }
                 }
                 answer.release_lease = switching && !r.lease_released && !released;
+                let leaving = row.leaving_node.as_deref().map(|n| NodeId(n.to_owned()));
+                if let Some(gone) = &leaving {
+                    answer.leaving = vec![gone.clone()];
+                    // The leader has let go of it: nothing it confirms waits on that node.
+                    if !row.leaving_acked.unwrap_or(false)
+                        && !r.proposed_in_sync.is_empty()
+                        && !r.proposed_in_sync.contains(gone)
+                    {
+                        sqlx::query(
+                            "UPDATE broker_replication SET leaving_acked = TRUE \
+                             WHERE broker_id = $1 AND epoch = $2 AND leaving_node = $3",
+                        )
+                        .bind(&broker_id)
+                        .bind(epoch)
+                        .bind(&gone.0)
+                        .execute(&mut *tx)
+                        .await?;
+                        answer.leaving_acked = true;
+                    }
+                }
                 let mut proposed = r.proposed_in_sync.clone();
+                // A proposal sent before the leader heard of the leave cannot put it back.
+                proposed.retain(|n| Some(n) != leaving.as_ref());
                 proposed.sort();
                 proposed.dedup();
                 // The leader always holds everything it confirmed: a proposal without it is
@@ -393,7 +456,8 @@ impl Store {
                 "UPDATE broker_replication SET epoch = $3, leader_node = $4, in_sync = $5, \
                  lease_expires_at = NULL, lease_released = FALSE, released_position = NULL, \
                  switchover_requested_at = NULL, switchover_target = NULL, \
-                 switchover_reason = NULL, leader_since = $6, updated_at = $6 \
+                 switchover_reason = NULL, leader_since = $6, updated_at = $6, \
+                 leaving_node = NULL, leaving_since = NULL, leaving_acked = FALSE \
                  WHERE broker_id = $1 AND epoch = $2 AND in_sync = $7",
             )
             .bind(p.broker_id.as_str())
@@ -422,6 +486,99 @@ impl Store {
             tx.commit().await?;
         });
         Ok(true)
+    }
+
+    /// Takes `node`, a follower about to be stopped for a planned restart, out of the
+    /// in-sync set first, so that the restart costs the producers no wait: the leader hears
+    /// of it in its next heartbeat answer and stops waiting for that node's acks, and its
+    /// next proposal without the node marks the leave acknowledged (`Ready`). Removing a
+    /// member is always safe (the control plane promotes only members); until the node has
+    /// been stopped ([`Store::replication_left`]) no proposal can put it back.
+    ///
+    /// Recorded only against the leadership `seen` was read from (same epoch and in-sync
+    /// set) and when no other node is leaving. `ack_timeout` bounds the wait for a leader
+    /// that does not acknowledge (an older agent): it is then treated as `Ready`, and
+    /// confirms wait on the stopped node until the leader's lag timeout drops it.
+    pub async fn replication_leave(
+        &self,
+        seen: &ReplicationRecord,
+        node: &NodeId,
+        ack_timeout: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Leave, StoreError> {
+        if let Some(l) = &seen.leaving {
+            return Ok(match () {
+                _ if &l.node != node => Leave::Busy,
+                _ if l.acked || now - l.since >= ack_timeout => Leave::Ready,
+                _ => Leave::Pending,
+            });
+        }
+        let remaining: Vec<NodeId> = seen
+            .in_sync
+            .iter()
+            .filter(|n| *n != node)
+            .cloned()
+            .collect();
+        let event = NewEvent {
+            broker_id: seen.broker_id.clone(),
+            at: now,
+            kind: kind::IN_SYNC_CHANGE,
+            from_node: Some(node.clone()),
+            to_node: None,
+            epoch: Some(seen.epoch.0),
+            reason: format!(
+                "in-sync set {} -> {}: {node} leaves for a planned restart",
+                show(&seen.in_sync),
+                show(&remaining)
+            ),
+            duration_ms: None,
+        };
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE broker_replication SET in_sync = $4, leaving_node = $5, \
+                 leaving_since = $6, leaving_acked = FALSE, updated_at = $6 \
+                 WHERE broker_id = $1 AND epoch = $2 AND in_sync = $3 AND leaving_node IS NULL",
+            )
+            .bind(seen.broker_id.as_str())
+            .bind(i64_of(seen.epoch.0))
+            .bind(node_set_text(&seen.in_sync))
+            .bind(node_set_text(&remaining))
+            .bind(&node.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                return Ok(Leave::Busy);
+            }
+            if remaining != seen.in_sync {
+                insert_event!(&mut *tx, &event);
+            }
+            tx.commit().await?;
+        });
+        Ok(Leave::Pending)
+    }
+
+    /// The leaving node has been stopped: the leader may take it back once it has caught up
+    /// again.
+    pub async fn replication_left(
+        &self,
+        broker_id: &BrokerId,
+        node: &NodeId,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE broker_replication SET leaving_node = NULL, leaving_since = NULL, \
+                 leaving_acked = FALSE WHERE broker_id = $1 AND leaving_node = $2",
+            )
+            .bind(broker_id.as_str())
+            .bind(&node.0)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
     }
 
     /// Records a switchover request unless one is pending (returns whether this one was

@@ -96,6 +96,7 @@ fn pointer(cp: &mut CpState, node: &str) -> DesiredPointer {
         lease,
         in_sync: Some(cp.in_sync.clone()),
         release_lease: false,
+        leaving: Vec::new(),
     }
 }
 
