@@ -9,7 +9,8 @@
 # profile of `mooring serve` taken during the run.
 #
 # Environment: PROFILE_OPS (default describe-broker,list-brokers,create-user),
-# PROFILE_SECONDS (default 4), PROFILE_CLIENTS (default 16), PROFILE_PERF (0/1).
+# PROFILE_SECONDS (default 4), PROFILE_CLIENTS (default 16), PROFILE_PERF (0/1),
+# PROFILE_IDLE_SECONDS (default 10; 0 skips the idle measurement).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
@@ -58,6 +59,23 @@ load() {
 echo "profile-api: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # Creates the brokers (and warms the caches) once.
 load --ops healthz --brokers 100 >/dev/null 2>&1
+
+# What the server burns with nothing asked of it: its CPU and the statements the background
+# loops run while the 100 brokers (which never get nodes) sit there.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+if [[ "${PROFILE_IDLE_SECONDS:-10}" -gt 0 ]]; then
+  idle="${PROFILE_IDLE_SECONDS:-10}"
+  psql -d mooring -c 'SELECT pg_stat_statements_reset()' >/dev/null
+  t0="$(cpu_ticks "$server_pid")"
+  sleep "$idle"
+  t1="$(cpu_ticks "$server_pid")"
+  echo
+  echo "== idle, 100 brokers, ${idle} s: server CPU $(awk -v a="$t0" -v b="$t1" -v s="$idle" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.1f ms/s", (b - a) * 1000 / hz / s }')"
+  psql -d mooring -At -F ' | ' -c "SELECT round(calls::numeric / $idle, 1) || '/s', \
+      round((total_exec_time / calls)::numeric * 1000, 1) || ' us', left(regexp_replace(query, '\\s+', ' ', 'g'), 100) \
+      FROM pg_stat_statements ORDER BY calls DESC LIMIT 8"
+fi
 
 IFS=',' read -r -a ops <<<"$OPS"
 for op in "${ops[@]}"; do

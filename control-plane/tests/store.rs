@@ -625,3 +625,117 @@ async fn tags_and_state_counts() {
         t.finish().await;
     }
 }
+
+/// DescribeBroker's single statement reads what the separate reads do, on both backends:
+/// users (pending deletion included, by name), tags, nodes by ordinal, scheduled actions by
+/// kind, and the leadership of a replicated broker.
+#[tokio::test]
+async fn broker_describe_matches_the_separate_reads() {
+    use mooring_agent_protocol::NodeId;
+    use mooring_control_plane::store::{ActionKind, ActionRecord, ActionSource, NewNode};
+
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = s
+            .broker_insert(new_broker("described", None), vec![user("zed")])
+            .await
+            .expect("insert");
+        let mut console = user("amy");
+        console.console_access = true;
+        console.groups = vec!["g1".to_owned(), "g2".to_owned()];
+        s.user_create(&b.id, &console).await.expect("user");
+        s.user_create(&b.id, &user("gone")).await.expect("user");
+        s.user_delete(&b.id, "gone").await.expect("delete");
+
+        // Empty aggregates first: no nodes, actions nor leadership yet.
+        let d = s.broker_describe(&b.id).await.expect("describe");
+        assert!(d.nodes.is_empty() && d.scheduled.is_empty() && d.leadership.is_none());
+
+        for ordinal in [1, 0] {
+            s.node_insert(
+                &NewNode {
+                    id: NodeId(format!("{}-{ordinal}", b.id)),
+                    broker_id: b.id.clone(),
+                    ordinal,
+                    zone: format!("us-east-1{}", ["a", "b"][ordinal as usize]),
+                    host: "127.0.0.1".to_owned(),
+                    amqp_port: 20_000 + ordinal as u16,
+                    admin_port: 21_000 + ordinal as u16,
+                    replication_port: None,
+                },
+                Utc::now(),
+            )
+            .await
+            .expect("node");
+        }
+        let at = Utc::now().trunc_subsecs(6);
+        for kind in [ActionKind::HostInstanceType, ActionKind::EngineVersion] {
+            s.maintenance_action_upsert(&ActionRecord {
+                broker_id: b.id.clone(),
+                kind,
+                target: "x".to_owned(),
+                source: ActionSource::User,
+                scheduled_at: at,
+                window_spec: "SUNDAY 00:00 UTC".to_owned(),
+                created_at: at,
+            })
+            .await
+            .expect("action");
+        }
+        let leader = NodeId(format!("{}-1", b.id));
+        s.replication_ensure(&b.id, &leader, std::slice::from_ref(&leader), "sealed", at)
+            .await
+            .expect("leadership");
+
+        let d = s.broker_describe(&b.id).await.expect("describe");
+        assert_eq!(
+            d.broker,
+            s.broker_get(&b.id).await.expect("get"),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            d.users,
+            s.user_list(&b.id, None, 100).await.expect("users"),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            d.users
+                .iter()
+                .map(|u| u.username.as_str())
+                .collect::<Vec<_>>(),
+            ["amy", "gone", "zed"]
+        );
+        assert!(d.users[0].console_access && d.users[0].groups == ["g1", "g2"]);
+        assert_eq!(d.users[1].pending_change, Some(ChangeType::Delete));
+        assert_eq!(d.tags, s.tag_list(&b.arn).await.expect("tags"));
+        let nodes = s.node_list_for_broker(&b.id).await.expect("nodes");
+        assert_eq!(d.nodes.len(), 2);
+        for (described, node) in d.nodes.iter().zip(&nodes) {
+            assert_eq!(described.id, node.id, "{}", t.backend);
+            assert_eq!(described.zone, node.zone);
+            assert_eq!(described.host, node.host);
+            assert_eq!(described.amqp_endpoint(), node.amqp_endpoint());
+            assert_eq!(described.console_url(), node.console_url());
+            assert_eq!(described.observed, node.observed);
+        }
+        assert_eq!(
+            d.scheduled,
+            s.maintenance_action_list(&b.id).await.expect("actions"),
+            "{}",
+            t.backend
+        );
+        assert_eq!(d.scheduled[0].kind, ActionKind::EngineVersion);
+        assert_eq!(d.scheduled[0].scheduled_at, at, "{}", t.backend);
+        let l = d.leadership.expect("leadership");
+        assert_eq!(l.leader, leader);
+        assert_eq!(l.action_required, None);
+
+        assert!(matches!(
+            s.broker_describe(&BrokerId::generate()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        t.finish().await;
+    }
+}

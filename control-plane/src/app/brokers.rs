@@ -15,8 +15,8 @@ use crate::model::{
     AuthenticationStrategy, BrokerState, DataReplicationMode, DayOfWeek, EngineType, StorageType,
 };
 use crate::store::{
-    BrokerId, BrokerRecord, BrokerSpecUpdate, ConfigurationId, Constraint, NewBroker, NewUser,
-    NodeRecord, ObservedState, ReplicationRecord, StoreError, UserRecord,
+    BrokerId, BrokerRecord, BrokerSpecUpdate, BrokerSummaryRecord, ConfigurationId, Constraint,
+    DescribedLeadership, DescribedNode, NewBroker, NewUser, ObservedState, StoreError, UserRecord,
 };
 
 /// Default page size of ListBrokers (Amazon MQ's).
@@ -351,26 +351,22 @@ fn new_users(users: &[crate::api::User]) -> Result<Vec<NewUser>, ApiError> {
 
 pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, ApiError> {
     let broker_id = parse_broker_id(id)?;
-    // Independent reads, on separate pooled connections: one round trip of latency.
-    let (detail, nodes, scheduled) = tokio::join!(
-        state.store.broker_describe(&broker_id),
-        state.store.node_list_for_broker(&broker_id),
-        state.store.maintenance_action_list(&broker_id),
-    );
-    let detail = match detail {
+    // One statement: the broker, users, tags, nodes, scheduled actions and leadership.
+    let detail = match state.store.broker_describe(&broker_id).await {
         Ok(d) => d,
         Err(StoreError::NotFound(_)) => return Err(broker_not_found(broker_id.as_str())),
         Err(e) => return Err(e.into()),
     };
     let pending_actions =
-        super::maintenance::broker_pending_actions(state, &detail.broker, &scheduled?).await;
-    let leadership = state.store.replication_get(&broker_id).await?;
-    let actions_required = actions_required(&detail.broker, leadership.as_ref());
+        super::maintenance::broker_pending_actions(state, &detail.broker, &detail.scheduled).await;
+    let leadership = detail.leadership.as_ref();
+    let actions_required = actions_required(&detail.broker, leadership);
+    let instances = broker_instances(detail.nodes, leadership);
     Ok(BrokerView {
         broker: detail.broker,
         users: detail.users,
         tags: detail.tags,
-        instances: broker_instances(nodes?, leadership.as_ref()),
+        instances,
         actions_required,
         pending_actions,
     })
@@ -381,8 +377,8 @@ pub async fn describe_broker(state: &AppState, id: &str) -> Result<BrokerView, A
 /// replicated broker the leader of the current epoch comes first, with its role, so clients
 /// taking the first endpoint reach it.
 fn broker_instances(
-    nodes: Vec<NodeRecord>,
-    leadership: Option<&ReplicationRecord>,
+    nodes: Vec<DescribedNode>,
+    leadership: Option<&DescribedLeadership>,
 ) -> Vec<BrokerInstanceView> {
     let mut instances: Vec<BrokerInstanceView> = nodes
         .into_iter()
@@ -411,7 +407,7 @@ fn broker_instances(
 /// failover loop recorded.
 fn actions_required(
     broker: &BrokerRecord,
-    leadership: Option<&ReplicationRecord>,
+    leadership: Option<&DescribedLeadership>,
 ) -> Vec<(String, String)> {
     if broker.state != BrokerState::CriticalActionRequired {
         return Vec::new();
@@ -426,10 +422,13 @@ fn actions_required(
 pub async fn list_brokers(
     state: &AppState,
     q: &PageQuery,
-) -> Result<(Vec<BrokerRecord>, Option<String>), ApiError> {
+) -> Result<(Vec<BrokerSummaryRecord>, Option<String>), ApiError> {
     let limit = paging::max_results(q.max_results.as_deref(), LIST_DEFAULT)?;
     let after = paging::decode_token(q.next_token.as_deref())?;
-    let rows = state.store.broker_list(after.as_deref(), limit + 1).await?;
+    let rows = state
+        .store
+        .broker_list_summaries(after.as_deref(), limit + 1)
+        .await?;
     Ok(paging::page(rows, limit, |b| b.id.to_string()))
 }
 

@@ -6,7 +6,8 @@ use crate::api::{self, timestamp, ConfigurationRef};
 use crate::app::brokers::BrokerView;
 use crate::model::DataReplicationMode;
 use crate::store::{
-    BrokerRecord, ConfigurationId, ConfigurationRecord, RevisionRecord, UserRecord,
+    BrokerRecord, BrokerSummaryRecord, ConfigurationId, ConfigurationRecord, RevisionRecord,
+    UserRecord,
 };
 
 fn config_ref((id, revision): &(ConfigurationId, i64)) -> ConfigurationRef {
@@ -102,7 +103,7 @@ pub fn describe_broker(v: BrokerView) -> api::DescribeBrokerResponse {
     }
 }
 
-pub fn broker_summary(b: &BrokerRecord) -> api::BrokerSummary {
+pub fn broker_summary(b: &BrokerSummaryRecord) -> api::BrokerSummary {
     api::BrokerSummary {
         broker_arn: b.arn.clone(),
         broker_id: b.id.to_string(),

@@ -22,6 +22,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod provision;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +40,11 @@ pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
 const CONCURRENT_BROKERS: usize = 16;
 /// Brokers read per store query while listing.
 const LIST_PAGE: i64 = 500;
-/// Orphan collection runs every this many passes.
-const ORPHAN_EVERY_PASSES: u64 = 30;
+/// Orphan collection runs at start and then this often.
+const ORPHAN_INTERVAL: Duration = Duration::from_secs(30);
+/// Wake-ups closer than this after a pass started are merged into one pass: every API write
+/// and many agent reports wake the reconcilers, and a pass reads the fleet's versions.
+const MIN_PASS_GAP: Duration = Duration::from_millis(25);
 
 /// Runs the reconcilers until `shutdown` completes.
 pub async fn run(
@@ -53,8 +57,10 @@ pub async fn run(
     let provisioner = Provisioner::new(state, provider, region);
     let mut schedule: Schedule<BrokerId, Fingerprint> = Schedule::default();
     tokio::pin!(shutdown);
-    for pass in 0u64.. {
-        if pass % ORPHAN_EVERY_PASSES == 0 {
+    let mut orphans_collected: Option<Instant> = None;
+    loop {
+        if orphans_collected.is_none_or(|t| t.elapsed() >= ORPHAN_INTERVAL) {
+            orphans_collected = Some(Instant::now());
             if let Err(e) = provisioner.collect_orphans().await {
                 tracing::warn!("collecting orphaned nodes failed: {e:#}");
             }
@@ -78,24 +84,40 @@ pub async fn run(
                     // Every sender is gone: the app is shutting down.
                     return;
                 }
+                // Let the wake-ups of a burst (one per API write) share the next pass.
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep_until((started + MIN_PASS_GAP).into()) => {}
+                }
             }
             _ = tokio::time::sleep(PASS_INTERVAL) => {}
         }
     }
 }
 
-/// One pass over every broker that is due.
+/// One pass over every broker that is due. The pass lists each broker's fingerprint (id,
+/// version, generation) only and reads the rows of the due ones, so converged and backing-off
+/// brokers whose rows did not change cost a few bytes of one query per pass.
 pub async fn provision_pass(
     provisioner: &Provisioner,
     schedule: &mut Schedule<BrokerId, Fingerprint>,
 ) -> anyhow::Result<()> {
-    let brokers = list_all(provisioner).await?;
-    schedule.retain(|id| brokers.iter().any(|b| &b.id == id));
+    let versions = list_versions(provisioner).await?;
+    let present: HashSet<&BrokerId> = versions.iter().map(|(id, _)| id).collect();
+    schedule.retain(|id| present.contains(id));
     let now = Instant::now();
-    let due: Vec<&BrokerRecord> = brokers
+    let due_ids: Vec<BrokerId> = versions
         .iter()
-        .filter(|b| schedule.due(&b.id, now, &fingerprint(b)))
+        .filter(|(id, seen)| schedule.due(id, now, seen))
+        .map(|(id, _)| id.clone())
         .collect();
+    let store = &provisioner.state().store;
+    let mut due: Vec<BrokerRecord> = Vec::with_capacity(due_ids.len());
+    for chunk in due_ids.chunks(usize::try_from(LIST_PAGE).unwrap_or(500)) {
+        // A broker removed since the listing is simply missing.
+        due.extend(store.broker_get_many(chunk).await?);
+    }
+    due.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     let mut results = Vec::with_capacity(due.len());
     for chunk in due.chunks(CONCURRENT_BROKERS) {
         results.extend(
@@ -132,15 +154,21 @@ async fn reconcile_one(
     (broker.id.clone(), fingerprint(broker), result)
 }
 
-async fn list_all(provisioner: &Provisioner) -> anyhow::Result<Vec<BrokerRecord>> {
+/// Every broker's id and [`Fingerprint`], by id.
+async fn list_versions(provisioner: &Provisioner) -> anyhow::Result<Vec<(BrokerId, Fingerprint)>> {
     let store = &provisioner.state().store;
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.broker_list(after.as_deref(), LIST_PAGE).await?;
+        let page = store
+            .broker_list_versions(after.as_deref(), LIST_PAGE)
+            .await?;
         let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= LIST_PAGE;
-        after = page.last().map(|b| b.id.to_string());
-        all.extend(page);
+        after = page.last().map(|(id, _, _)| id.to_string());
+        all.extend(
+            page.into_iter()
+                .map(|(id, version, generation)| (id, (version, generation))),
+        );
         if !full {
             return Ok(all);
         }

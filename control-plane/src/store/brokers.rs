@@ -7,11 +7,14 @@ use sqlx::FromRow;
 
 use std::collections::BTreeMap;
 
+use mooring_agent_protocol::NodeId;
+
+use super::maintenance::{ActionRow, ACTION_COLUMNS};
 use super::tags::upsert_tag;
 use super::users::{insert_user, UserRow, COLUMNS as USER_COLUMNS};
 use super::{
-    json_list, parse_json_list, with_pool, BrokerId, ConfigurationId, NewUser, Store, StoreError,
-    UserRecord,
+    json_list, parse_json_list, with_pool, ActionRecord, BrokerId, ConfigurationId, NewUser,
+    ObservedState, Store, StoreError, UserRecord,
 };
 use crate::model::{
     AuthenticationStrategy, BrokerState, ChangeType, DayOfWeek, DeploymentMode, EngineType,
@@ -148,21 +151,161 @@ const COLUMNS: &str = "id, name, arn, state, engine_type, engine_version, host_i
     pending_host_instance_type, pending_configuration_id, pending_configuration_revision, \
     creator_request_id, generation, reboot_generation, version, created_at, updated_at";
 
-/// A broker with its users (by name, those pending deletion included) and its tags.
+/// What ListBrokers shows of a broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerSummaryRecord {
+    pub id: BrokerId,
+    pub name: String,
+    pub arn: String,
+    pub state: BrokerState,
+    pub engine_type: EngineType,
+    pub host_instance_type: String,
+    pub deployment_mode: DeploymentMode,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Everything DescribeBroker reads about a broker, from one statement
+/// ([`Store::broker_describe`]): the broker, its users (by name, those pending deletion
+/// included), its tags, its nodes, its scheduled maintenance actions and, for a replicated
+/// broker, its leadership.
 #[derive(Debug, Clone)]
 pub struct BrokerDetail {
     pub broker: BrokerRecord,
     pub users: Vec<UserRecord>,
     pub tags: BTreeMap<String, String>,
+    /// By ordinal.
+    pub nodes: Vec<DescribedNode>,
+    /// By kind.
+    pub scheduled: Vec<ActionRecord>,
+    pub leadership: Option<DescribedLeadership>,
 }
 
-/// [`BrokerDetail`] in one row: users and tags aggregated as JSON.
+/// The part of a node DescribeBroker shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribedNode {
+    pub id: NodeId,
+    pub zone: String,
+    pub host: String,
+    pub amqp_port: u16,
+    pub admin_port: u16,
+    pub observed: ObservedState,
+}
+
+impl DescribedNode {
+    /// As [`super::NodeRecord::amqp_endpoint`].
+    pub fn amqp_endpoint(&self) -> String {
+        format!("amqp://{}:{}", self.host, self.amqp_port)
+    }
+
+    /// As [`super::NodeRecord::console_url`].
+    pub fn console_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.admin_port)
+    }
+}
+
+/// The part of a replicated broker's leadership DescribeBroker shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribedLeadership {
+    /// The leader under the current epoch.
+    pub leader: NodeId,
+    /// The `actionRequiredCode` the broker shows while CRITICAL_ACTION_REQUIRED.
+    pub action_required: Option<String>,
+}
+
+/// A node as DescribeBroker's statement aggregates it.
+type NodeColumns = (String, String, String, i64, i64, String);
+
+/// [`BrokerDetail`] in one row: the rest aggregated as JSON.
 #[derive(FromRow)]
 struct BrokerDetailRow {
     #[sqlx(flatten)]
     broker: BrokerRow,
     users: sqlx::types::Json<Vec<UserRow>>,
     tags: sqlx::types::Json<Vec<(String, String)>>,
+    /// `[id, zone, host, amqp_port, admin_port, observed_state]` per node.
+    nodes: sqlx::types::Json<Vec<NodeColumns>>,
+    actions: sqlx::types::Json<Vec<ActionRow>>,
+    /// `[leader_node, action_required]`, for a replicated broker.
+    leadership: Option<sqlx::types::Json<(String, Option<String>)>>,
+}
+
+/// DescribeBroker's statement on Postgres.
+fn describe_sql_postgres() -> String {
+    format!(
+        "SELECT {COLUMNS}, \
+         (SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM \
+            (SELECT {USER_COLUMNS} FROM broker_users WHERE broker_id = b.id \
+             ORDER BY username LIMIT $2) u) AS users, \
+         (SELECT coalesce(json_agg(json_build_array(t.key, t.value) ORDER BY t.key), '[]') \
+            FROM tags t WHERE t.resource_arn = b.arn) AS tags, \
+         (SELECT coalesce(json_agg(json_build_array(n.id, n.zone, n.host, n.amqp_port, \
+            n.admin_port, n.observed_state) ORDER BY n.ordinal), '[]') \
+            FROM broker_nodes n WHERE n.broker_id = b.id) AS nodes, \
+         (SELECT coalesce(json_agg(a ORDER BY a.kind), '[]') FROM \
+            (SELECT {ACTION_COLUMNS} FROM maintenance_actions WHERE broker_id = b.id) a) \
+            AS actions, \
+         (SELECT json_build_array(r.leader_node, r.action_required) \
+            FROM broker_replication r WHERE r.broker_id = b.id) AS leadership \
+         FROM brokers b WHERE id = $1"
+    )
+}
+
+/// DescribeBroker's statement on SQLite: the same shape with SQLite's JSON functions
+/// (booleans spelled as JSON booleans, aggregates ordered explicitly).
+fn describe_sql_sqlite() -> String {
+    fn bool_json(column: &str) -> String {
+        format!("json(CASE WHEN {column} THEN 'true' ELSE 'false' END)")
+    }
+    let user = format!(
+        "json_object('broker_id', broker_id, 'username', username, 'password_hash', \
+         password_hash, 'console_access', {}, 'groups', groups, 'replication_user', {}, \
+         'pending_change', pending_change, 'pending_generation', pending_generation, \
+         'created_at', created_at)",
+        bool_json("console_access"),
+        bool_json("replication_user"),
+    );
+    format!(
+        "SELECT {COLUMNS}, \
+         (SELECT json_group_array(json({user}) ORDER BY username) FROM \
+            (SELECT * FROM broker_users WHERE broker_id = b.id ORDER BY username LIMIT $2)) \
+            AS users, \
+         (SELECT json_group_array(json_array(t.key, t.value) ORDER BY t.key) \
+            FROM tags t WHERE t.resource_arn = b.arn) AS tags, \
+         (SELECT json_group_array(json_array(n.id, n.zone, n.host, n.amqp_port, \
+            n.admin_port, n.observed_state) ORDER BY n.ordinal) \
+            FROM broker_nodes n WHERE n.broker_id = b.id) AS nodes, \
+         (SELECT json_group_array(json_object('broker_id', a.broker_id, 'kind', a.kind, \
+            'target', a.target, 'source', a.source, 'scheduled_at', a.scheduled_at, \
+            'window_spec', a.window_spec, 'created_at', a.created_at) ORDER BY a.kind) \
+            FROM maintenance_actions a WHERE a.broker_id = b.id) AS actions, \
+         (SELECT json_array(r.leader_node, r.action_required) \
+            FROM broker_replication r WHERE r.broker_id = b.id) AS leadership \
+         FROM brokers b WHERE id = $1"
+    )
+}
+
+static DESCRIBE_SQL_POSTGRES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(describe_sql_postgres);
+static DESCRIBE_SQL_SQLITE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(describe_sql_sqlite);
+
+fn described_node(
+    (id, zone, host, amqp_port, admin_port, observed): NodeColumns,
+) -> Result<DescribedNode, StoreError> {
+    let port = |column: &str, value: i64| {
+        u16::try_from(value)
+            .map_err(|_| StoreError::Corrupt(format!("broker_nodes.{column} = {value}")))
+    };
+    Ok(DescribedNode {
+        id: NodeId(id),
+        zone,
+        host,
+        amqp_port: port("amqp_port", amqp_port)?,
+        admin_port: port("admin_port", admin_port)?,
+        observed: ObservedState::parse(&observed).ok_or_else(|| {
+            StoreError::Corrupt(format!("broker_nodes.observed_state = {observed:?}"))
+        })?,
+    })
 }
 
 /// DescribeBroker lists users without paging; a broker's user count is bounded in practice
@@ -349,37 +492,25 @@ impl Store {
         row.ok_or(StoreError::NotFound("broker"))?.try_into()
     }
 
-    /// The broker, its users and its tags: DescribeBroker's reads. One query on Postgres
-    /// (three round trips fewer on the API's most frequent read); three on SQLite, where a
-    /// query is a function call.
+    /// Everything DescribeBroker reads, in one statement on either store (the broker with
+    /// its users, tags, nodes, scheduled maintenance actions and leadership).
     pub async fn broker_describe(&self, id: &BrokerId) -> Result<BrokerDetail, StoreError> {
-        let pool = match self {
-            Store::Postgres(pool) => pool,
-            Store::Sqlite(_) => {
-                let broker = self.broker_get(id).await?;
-                let users = self.user_list(id, None, DESCRIBE_USERS_MAX).await?;
-                let tags = self.tag_list(&broker.arn).await?;
-                return Ok(BrokerDetail {
-                    broker,
-                    users,
-                    tags,
-                });
+        let row: Option<BrokerDetailRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
+                    .bind(id.as_str())
+                    .bind(DESCRIBE_USERS_MAX)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(DESCRIBE_SQL_SQLITE.as_str())
+                    .bind(id.as_str())
+                    .bind(DESCRIBE_USERS_MAX)
+                    .fetch_optional(pool)
+                    .await?
             }
         };
-        let sql = format!(
-            "SELECT {COLUMNS}, \
-             (SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM \
-                (SELECT {USER_COLUMNS} FROM broker_users WHERE broker_id = b.id \
-                 ORDER BY username LIMIT $2) u) AS users, \
-             (SELECT coalesce(json_agg(json_build_array(t.key, t.value) ORDER BY t.key), '[]') \
-                FROM tags t WHERE t.resource_arn = b.arn) AS tags \
-             FROM brokers b WHERE id = $1"
-        );
-        let row: Option<BrokerDetailRow> = sqlx::query_as(&sql)
-            .bind(id.as_str())
-            .bind(DESCRIBE_USERS_MAX)
-            .fetch_optional(pool)
-            .await?;
         let row = row.ok_or(StoreError::NotFound("broker"))?;
         Ok(BrokerDetail {
             broker: row.broker.try_into()?,
@@ -390,7 +521,43 @@ impl Store {
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
             tags: row.tags.0.into_iter().collect(),
+            nodes: row
+                .nodes
+                .0
+                .into_iter()
+                .map(described_node)
+                .collect::<Result<_, _>>()?,
+            scheduled: row
+                .actions
+                .0
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            leadership: row.leadership.map(|l| {
+                let (leader, action_required) = l.0;
+                DescribedLeadership {
+                    leader: NodeId(leader),
+                    action_required,
+                }
+            }),
         })
+    }
+
+    /// The brokers among `ids` that exist, in no particular order.
+    pub async fn broker_get_many(&self, ids: &[BrokerId]) -> Result<Vec<BrokerRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<BrokerRow> = with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM brokers WHERE id IN ("));
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(id.as_str());
+            }
+            q.push(")");
+            q.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter().map(TryInto::try_into).collect()
     }
 
     pub async fn broker_get_by_name(&self, name: &str) -> Result<Option<BrokerRecord>, StoreError> {
@@ -423,6 +590,64 @@ impl Store {
             sqlx::query_as(&sql).bind(after.unwrap_or("")).bind(limit).fetch_all(pool).await?
         });
         rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// ListBrokers' page: brokers' summaries ordered by id, strictly after `after` when
+    /// given (keyset paging). Reads only the columns a summary shows.
+    pub async fn broker_list_summaries(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<BrokerSummaryRecord>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+        );
+        let sql = "SELECT id, name, arn, state, engine_type, host_instance_type, \
+                   deployment_mode, created_at FROM brokers WHERE id > $1 ORDER BY id LIMIT $2";
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(pool).await?
+        });
+        rows.into_iter()
+            .map(
+                |(id, name, arn, state, engine_type, host_instance_type, mode, created_at)| {
+                    Ok(BrokerSummaryRecord {
+                        id: BrokerId::from_db(id),
+                        name,
+                        arn,
+                        state: enum_col(BrokerState::parse, "state", &state)?,
+                        engine_type: enum_col(EngineType::parse, "engine_type", &engine_type)?,
+                        host_instance_type,
+                        deployment_mode: enum_col(DeploymentMode::parse, "deployment_mode", &mode)?,
+                        created_at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Each broker's id, `version` and `generation`, ordered by id, strictly after `after`
+    /// when given: what a reconciler pass needs to tell which brokers changed, without
+    /// reading (and decoding) every row.
+    pub async fn broker_list_versions(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(BrokerId, i64, i64)>, StoreError> {
+        let sql = "SELECT id, version, generation FROM brokers WHERE id > $1 ORDER BY id LIMIT $2";
+        let rows: Vec<(String, i64, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, version, generation)| (BrokerId::from_db(id), version, generation))
+            .collect())
     }
 
     /// Writes the mutable spec of the broker snapshot `current` if nobody wrote the row

@@ -93,8 +93,9 @@ pub struct RunRecord {
     pub started_at: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
-struct ActionRow {
+/// Also read from JSON (DescribeBroker aggregates a broker's actions into one column).
+#[derive(FromRow, serde::Deserialize)]
+pub(super) struct ActionRow {
     broker_id: String,
     kind: String,
     target: String,
@@ -146,7 +147,7 @@ impl TryFrom<RunRow> for RunRecord {
     }
 }
 
-const ACTION_COLUMNS: &str =
+pub(super) const ACTION_COLUMNS: &str =
     "broker_id, kind, target, source, scheduled_at, window_spec, created_at";
 
 impl Store {

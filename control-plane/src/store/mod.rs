@@ -37,7 +37,10 @@ pub use aws_login::{
     AwsLoginMappingRecord, ImportedInline, ImportedManaged, IMPORTED_INLINE_PREFIX,
     IMPORTED_POLICY_PATH,
 };
-pub use brokers::{BrokerDetail, BrokerRecord, BrokerSpecUpdate, BrokerStateCount, NewBroker};
+pub use brokers::{
+    BrokerDetail, BrokerRecord, BrokerSpecUpdate, BrokerStateCount, BrokerSummaryRecord,
+    DescribedLeadership, DescribedNode, NewBroker,
+};
 pub use configurations::{ConfigurationRecord, NewConfiguration, RevisionRecord};
 pub use cp_lease::CpLease;
 pub use error::{Constraint, StoreError};
@@ -60,6 +63,8 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 
 /// How long a SQLite writer waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled Postgres connection idle for this long is tested before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// How long acquiring a pooled connection may take before the request fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,6 +97,19 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // sqlx tests a connection when it goes back to the pool (a round trip) and,
+                // by default, again when it comes out: two round trips besides the query.
+                // A connection that was tested as it was released moments ago is not tested
+                // again; one idle for longer is, as before.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IDLE_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;

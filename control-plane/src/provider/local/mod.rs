@@ -15,11 +15,14 @@ use anyhow::{bail, Context};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mooring_agent_protocol::{NodeId, TOKEN_ENV};
+use parking_lot::Mutex;
 use rand::Rng;
+use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -67,11 +70,48 @@ impl LocalConfig {
 #[derive(Debug, Clone)]
 pub struct LocalProvider {
     config: LocalConfig,
+    /// The last [`procfs::scan`] and when it was taken: looking for the agents of many nodes
+    /// that have none (a pass over brokers whose agents are down, or cannot start) reads
+    /// `/proc` once per [`SCAN_TTL`], not once per node. Dropped whenever this provider
+    /// starts or stops a process.
+    scan: Arc<Mutex<Option<Scan>>>,
 }
+
+/// A scan of `/proc` ([`procfs::scan`]) and when it was taken.
+type Scan = (std::time::Instant, Arc<HashMap<String, Vec<u32>>>);
+
+/// How long a scan of `/proc` answers for. Its hits are confirmed against `/proc` each
+/// time; it can only miss an agent started since by someone else than this provider (the
+/// agent's data-dir lock stops a duplicate), and not for longer than this.
+const SCAN_TTL: Duration = Duration::from_secs(2);
 
 impl LocalProvider {
     pub fn new(config: LocalConfig) -> Self {
-        LocalProvider { config }
+        LocalProvider {
+            config,
+            scan: Arc::default(),
+        }
+    }
+
+    /// The processes that named `node` in the latest scan of `/proc` (taken now if stale).
+    fn scan_candidates(&self, node: &NodeId) -> Vec<u32> {
+        let mut cached = self.scan.lock();
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(taken, _)| taken.elapsed() < SCAN_TTL);
+        if !fresh {
+            let found = procfs::scan(&self.config.nodes_dir);
+            *cached = Some((std::time::Instant::now(), Arc::new(found)));
+        }
+        cached
+            .as_ref()
+            .and_then(|(_, found)| found.get(&node.0).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the last scan (a process of ours started or stopped).
+    fn forget_scan(&self) {
+        *self.scan.lock() = None;
     }
 
     /// `<nodes-dir>/<node-id>`, refusing ids that could escape it.
@@ -92,7 +132,7 @@ impl LocalProvider {
         if from_file.is_some() {
             return Ok(from_file);
         }
-        let found = procfs::find_agents(&node.0, &dir);
+        let found = procfs::agents_among(&self.scan_candidates(node), &node.0, &dir);
         if found.len() > 1 {
             tracing::error!(node = %node, pids = ?found, "several agents for one node");
         }
@@ -102,6 +142,14 @@ impl LocalProvider {
     async fn start_inner(&self, spec: &NodeSpec, token: &str) -> anyhow::Result<StartOutcome> {
         if let Some(pid) = self.find(&spec.node_id)? {
             return Ok(StartOutcome::Adopted { pid: Some(pid) });
+        }
+        // Checked before anything is forked: a missing binary fails the start (and the
+        // broker backs off) without the cost of a fork of this large process.
+        if !self.config.agent_binary.is_file() {
+            bail!(
+                "starting {}: no such agent binary",
+                self.config.agent_binary.display()
+            );
         }
         let dir = self.node_dir(&spec.node_id)?;
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -148,6 +196,8 @@ impl LocalProvider {
             .kill_on_drop(false)
             .spawn()
             .with_context(|| format!("starting {}", self.config.agent_binary.display()))?;
+        // A new agent of ours: the next look for it must not trust an older scan.
+        self.forget_scan();
         let pid = child.id();
         let node = spec.node_id.clone();
         // Reap the child when it exits, so it does not linger as a zombie of ours.
@@ -166,6 +216,7 @@ impl LocalProvider {
             return Ok(());
         };
         let dir = self.node_dir(node)?;
+        self.forget_scan();
         signal::send(pid, libc::SIGTERM).context("sending SIGTERM")?;
         if wait_gone(pid, &node.0, &dir, self.config.stop_timeout).await {
             return Ok(());

@@ -5,6 +5,7 @@
 //! `--data-dir <dir>` exactly and it is not a zombie. Matching both guards against pid reuse
 //! and against agents of another control plane (another data dir) with the same node id.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -19,15 +20,25 @@ pub fn is_agent(pid: u32, node_id: &str, data_dir: &Path) -> bool {
 }
 
 /// Every live agent of `node_id` on `data_dir` (more than one only if something went badly
-/// wrong; the data-dir lock makes all but one exit at once). A child the agent has forked but
-/// not yet exec'd (the engine runs `df`) still shows the agent's command line for a moment;
-/// processes whose parent is itself a match are such children, not agents.
+/// wrong; the data-dir lock makes all but one exit at once), from a fresh read of `/proc`.
+#[cfg(test)]
 pub fn find_agents(node_id: &str, data_dir: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let matches: Vec<u32> = entries
+    let all: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    agents_among(&all, node_id, data_dir)
+}
+
+/// The live agents of `node_id` on `data_dir` among `candidates`. A child the agent has
+/// forked but not yet exec'd (the engine runs `df`) still shows the agent's command line for
+/// a moment; processes whose parent is itself a match are such children, not agents.
+pub fn agents_among(candidates: &[u32], node_id: &str, data_dir: &Path) -> Vec<u32> {
+    let matches: Vec<u32> = candidates
+        .iter()
+        .copied()
         .filter(|pid| is_agent(*pid, node_id, data_dir))
         .collect();
     matches
@@ -35,6 +46,37 @@ pub fn find_agents(node_id: &str, data_dir: &Path) -> Vec<u32> {
         .copied()
         .filter(|pid| parent(*pid).is_none_or(|ppid| !matches.contains(&ppid)))
         .collect()
+}
+
+/// One read of every process's command line: the processes naming a node under `nodes_dir`
+/// (`--node-id <id> --data-dir <nodes_dir>/<id>`), by node id. Candidates only, for
+/// [`agents_among`] to confirm: the snapshot ages, and zombies and forked children are in it.
+pub fn scan(nodes_dir: &Path) -> HashMap<String, Vec<u32>> {
+    let mut found: HashMap<String, Vec<u32>> = HashMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let value = |flag: &str| {
+            args.windows(2)
+                .find(|w| w[0] == flag.as_bytes())
+                .map(|w| w[1])
+        };
+        let (Some(node), Some(dir)) = (value("--node-id"), value("--data-dir")) else {
+            continue;
+        };
+        let Ok(node) = std::str::from_utf8(node) else {
+            continue;
+        };
+        if Path::new(OsStr::from_bytes(dir)) == nodes_dir.join(node) {
+            found.entry(node.to_owned()).or_default().push(pid);
+        }
+    }
+    found
 }
 
 /// The parent pid, from `/proc/PID/stat` (the field after the state).
@@ -117,6 +159,45 @@ mod tests {
         child.wait().expect("reap");
         assert!(!is_agent(pid, &node, dir.path()));
         assert!(find_agents(&node, dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_scan_finds_a_node_under_its_nodes_dir_only() {
+        let nodes = tempfile::tempdir().expect("tempdir");
+        let node = format!("n-scan-{}", std::process::id());
+        let dir = nodes.path().join(&node);
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sleep 30; true",
+                "sh",
+                "--node-id",
+                &node,
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .spawn()
+            .expect("spawn a stand-in process");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let found = scan(nodes.path());
+            let candidates = found.get(&node).cloned().unwrap_or_default();
+            if candidates.contains(&pid) && agents_among(&candidates, &node, &dir) == vec![pid] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} never found by a scan: {found:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let other = tempfile::tempdir().expect("tempdir");
+        assert!(!scan(other.path()).contains_key(&node), "another nodes dir");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        let candidates = scan(nodes.path()).remove(&node).unwrap_or_default();
+        assert!(agents_among(&candidates, &node, &dir).is_empty());
     }
 
     #[test]
