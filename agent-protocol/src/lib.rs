@@ -116,7 +116,16 @@ pub struct DesiredPointer {
     /// they are listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaving: Vec<NodeId>,
+    /// A change of leader is under way for this node's broker (a switchover requested, or
+    /// a lease released and its successor not yet promoted): heartbeat again after
+    /// [`HURRY_INTERVAL`] instead of the usual interval, so that every step of the hand-over
+    /// is heard at once rather than one heartbeat interval later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hurry: bool,
 }
+
+/// The heartbeat interval while [`DesiredPointer::hurry`] is set.
+pub const HURRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Periodic liveness and status report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use super::ledger::{held_generation, judge, Ledger, Verdict};
 use super::node::Node;
 use mooring_agent_protocol::{
     ApplyReport, DesiredConfig, DesiredPointer, Generation, Heartbeat, RegisterRequest, Rejection,
+    HURRY_INTERVAL,
 };
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub struct Session<N> {
     register: RegisterRequest,
     registered: bool,
     interval: Duration,
+    /// The control plane asked for quick heartbeats (a leadership hand-over is under way).
+    hurry: bool,
 }
 
 impl<N: Node> Session<N> {
@@ -56,6 +59,7 @@ impl<N: Node> Session<N> {
             register,
             registered: false,
             interval,
+            hurry: false,
         }
     }
 
@@ -68,7 +72,11 @@ impl<N: Node> Session<N> {
             let delay = match self.step().await {
                 Ok(()) => {
                     backoff.reset();
-                    self.interval
+                    if self.hurry {
+                        HURRY_INTERVAL.min(self.interval)
+                    } else {
+                        self.interval
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("control plane round failed, retrying: {e:#}");
@@ -101,6 +109,7 @@ impl<N: Node> Session<N> {
             self.registered = true;
             pointer
         };
+        self.hurry = desired.hurry;
         self.node.on_pointer(sent_at, &desired);
         if self.should_fetch(&desired) {
             self.sync(desired.desired_generation).await?;

@@ -47,6 +47,7 @@ async fn serve(cp: Shared) -> String {
                     in_sync: None,
                     release_lease: false,
                     leaving: Vec::new(),
+                    hurry: false,
                 }))
             }),
         )
@@ -63,6 +64,7 @@ async fn serve(cp: Shared) -> String {
                         in_sync: None,
                         release_lease: false,
                         leaving: Vec::new(),
+                        hurry: false,
                     }))
                 },
             ),

@@ -737,6 +737,7 @@ mod tests {
             in_sync: Some(in_sync.iter().map(|s| n(s)).collect()),
             release_lease: false,
             leaving: Vec::new(),
+            hurry: false,
         }
     }
 

@@ -61,6 +61,8 @@ pub struct AppState {
     /// (from [`AppState::reconcile_wakeups`]) and runs a pass when it changes. A watch
     /// channel never loses a wake-up that arrives while a pass is running.
     reconcile_wake: Arc<watch::Sender<u64>>,
+    /// Wakes the failover loop (see [`AppState::wake_failover`]).
+    failover_wake: Arc<watch::Sender<u64>>,
     /// "Now" for schedules (maintenance windows): the system clock, or in tests the one
     /// `--clock-offset-file` moves (see [`crate::clock`]).
     pub clock: Arc<dyn Clock>,
@@ -103,6 +105,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             master_key: Arc::new(MasterKey::generate().0),
             reconcile_wake: Arc::new(wake),
+            failover_wake: Arc::new(watch::channel(0).0),
             audit,
             rate_limiter,
             auth_caches,
@@ -125,5 +128,16 @@ impl AppState {
     /// A receiver that sees every later [`AppState::wake_reconcilers`].
     pub fn reconcile_wakeups(&self) -> watch::Receiver<u64> {
         self.reconcile_wake.subscribe()
+    }
+
+    /// Tells the failover loop that a leadership fact changed (a lease released, the
+    /// in-sync set), so that it decides now rather than at its next tick.
+    pub fn wake_failover(&self) {
+        self.failover_wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every later [`AppState::wake_failover`].
+    pub fn failover_wakeups(&self) -> watch::Receiver<u64> {
+        self.failover_wake.subscribe()
     }
 }

@@ -121,6 +121,7 @@ fn pointer(auth: &NodeAuth) -> Json<DesiredPointer> {
         in_sync: None,
         release_lease: false,
         leaving: Vec::new(),
+        hurry: false,
     })
 }
 
@@ -210,12 +211,17 @@ async fn replicated_heartbeat(
     {
         state.wake_reconcilers();
     }
+    // A released lease or a changed in-sync set: the failover loop decides at once.
+    if answer.leadership_changed {
+        state.wake_failover();
+    }
     Ok(Json(DesiredPointer {
         desired_generation: Generation(u64::try_from(answer.desired_generation).unwrap_or(0)),
         lease: answer.lease,
         in_sync: answer.in_sync,
         release_lease: answer.release_lease,
         leaving: answer.leaving,
+        hurry: answer.hurry,
     }))
 }
 

@@ -29,8 +29,10 @@ use crate::store::{BrokerId, NodeRecord};
 pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
     let timing = Timing::from_config(&state.config.failover);
     let interval = Duration::from_millis(state.config.failover.failover_interval_ms);
+    let mut wakeups = state.failover_wakeups();
     tokio::pin!(shutdown);
     loop {
+        wakeups.borrow_and_update();
         let started = Instant::now();
         let outcome = match pass(&state, &timing).await {
             Ok(()) => "ok",
@@ -45,6 +47,7 @@ pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = wakeups.changed() => {}
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct HeartbeatAnswer {
     /// This heartbeat recorded that the leader let go of the leaving follower: the
     /// provisioner may stop it now.
     pub leaving_acked: bool,
+    /// A hand-over of leadership is under way: the node should heartbeat again at once.
+    pub hurry: bool,
 }
 
 /// A promotion decided under `from_epoch`; see [`Store::replication_promote`].
@@ -330,6 +332,7 @@ impl Store {
             let mut in_sync = node_set(in_sync_text)?;
             let released = row.lease_released.unwrap_or(false);
             let switching = row.switchover_requested_at.is_some();
+            answer.hurry = switching || released;
             // The leader of the current epoch, acting as one under it.
             let current_leader = report.filter(|r| {
                 leader == node.0 && r.epoch.0 == u64_of(epoch) && r.role == Role::Leader

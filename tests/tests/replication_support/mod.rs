@@ -97,6 +97,7 @@ fn pointer(cp: &mut CpState, node: &str) -> DesiredPointer {
         in_sync: Some(cp.in_sync.clone()),
         release_lease: false,
         leaving: Vec::new(),
+        hurry: false,
     }
 }
 
