@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 CI ?=
 
 .PHONY: help run build test test-rust test-python test-long lint fmt openapi openapi-check \
-        bench bench-engine bench-api venv deps
+        bench bench-engine bench-api bench-failover venv deps
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: deps venv build ## run the whole test suite (Rust and Python, real peers)
 # The replication chaos test stalled once in a clean-clone run (no confirm on a new leader
 # for 60 s after the first kill; under investigation, see the session notes): it runs in
 # `make test-long` only until that is understood, so that `make test` stays a reliable gate.
+# The two-control-plane test too: with the control-plane lease it passed 10 of 13 runs; the
+# 3 failures are in the agents (a restarted old leader serving AMQP for a moment as leader
+# of its old epoch; once, no follower in sync when the leader was killed), not the lease.
 CHAOS_SKIP := $(if $(MOORING_LONG),,--skip no_confirmed_message_lost_through_leader_kills_freeze_switchover_and_reboot --skip two_control_planes_on_one_postgres_never_make_two_leaders)
 
 test-rust: ## Rust unit, integration and end-to-end tests
@@ -69,7 +72,7 @@ openapi-check: build ## fail when the committed OpenAPI document is stale
 	@$(BIN)/mooring openapi | diff -q - openapi/mooring.json >/dev/null \
 	  || { echo "openapi/mooring.json is stale: run make openapi"; exit 1; }
 
-bench: bench-engine bench-api ## every benchmark
+bench: bench-engine bench-api bench-failover ## every benchmark
 
 bench-engine: venv ## mooring-agent against RabbitMQ 3.10, side by side
 	cargo build --release --bins
@@ -78,3 +81,7 @@ bench-engine: venv ## mooring-agent against RabbitMQ 3.10, side by side
 bench-api: ## control-plane API against raw Postgres (pgbench)
 	cargo build --release --bins
 	./bench/run-api.sh
+
+bench-failover: ## failover time and planned-switchover gap of replicated brokers (release agents)
+	cargo build --release --bins
+	./bench/run-failover.sh
