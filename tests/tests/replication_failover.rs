@@ -392,3 +392,57 @@ async fn a_leader_frozen_past_its_lease_confirms_nothing_after_a_promotion() -> 
     );
     Ok(())
 }
+
+/// A leader killed and replaced comes back holding, in its ledger, a configuration that
+/// names it leader of the old epoch. Until the control plane has answered it, it must not
+/// act on that: no engine, no AMQP client accepted as if it led (a client would publish
+/// to a node that can never confirm, and a monitor would see two leaders). Once answered,
+/// it learns the new epoch and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_old_leader_waits_for_the_control_plane_before_leading() -> Result<()> {
+    let mut cluster = Cluster::start(2).await?;
+    connect_when_serving(&cluster, 0).await?;
+    cluster
+        .wait_all_in_sync()
+        .await
+        .with_context(|| cluster.logs())?;
+    cluster.kill9(0)?;
+    let new = cluster.promote_best(0).await?;
+    first_confirmed_publish(&cluster, new).await?;
+
+    // Back, but cut off from the control plane: its ledger still says "lead, epoch 1".
+    let old_id = cluster.nodes[0].id.clone();
+    cluster.cp.lock().muted.insert(old_id.clone());
+    cluster.spawn(0)?;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        if let Ok(conn) = connect(&cluster.uri(0)).await {
+            let _ = conn.close(0, "".into()).await;
+            bail!(
+                "the restarted old leader accepted an AMQP client before the control plane answered it\n{}",
+                cluster.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Answered: it follows the new leader and refuses clients, naming it.
+    cluster.cp.lock().muted.remove(&old_id);
+    let new_id = cluster.nodes[new].id.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader to follow the new one",
+        || {
+            let cluster = &cluster;
+            let new_id = new_id.clone();
+            async move {
+                Ok(refusal_text(cluster, 0)
+                    .await
+                    .filter(|t| t.contains(&new_id)))
+            }
+        },
+    )
+    .await
+    .with_context(|| cluster.logs())?;
+    Ok(())
+}

@@ -68,7 +68,7 @@ pub async fn run(
     let hub = Arc::new(Hub::new(HubConfig::new(node_id.clone())));
     let node = ReplicaNode::start(args.clone(), hub, repl_listener);
     if let Some(held) = &held {
-        node.apply(held)?;
+        node.restore(held);
     }
     tracing::info!(node = %node_id, amqp = %args.amqp_listen, replication = %repl_local, "replicated node started");
     let client = ControlPlaneClient::new(&args.control_plane, node_id, args.token.clone())?;
@@ -111,6 +111,12 @@ struct Inner {
     args: RunArgs,
     hub: Arc<Hub>,
     desired: watch::Sender<Option<DesiredConfig>>,
+    /// The control plane has vouched for `desired` in this process's life: it was fetched,
+    /// or a heartbeat answer pointed at its very generation. Until then a configuration
+    /// restored from the ledger that names this node leader is not acted on: a leader
+    /// killed and restarted may have been replaced meanwhile, and must not accept clients
+    /// as the leader of an old epoch while it finds out.
+    vouched: watch::Sender<bool>,
     spec: watch::Sender<Option<ReplicationSpec>>,
     /// Present while leading.
     engine: Mutex<Option<EngineNode>>,
@@ -128,6 +134,7 @@ impl ReplicaNode {
             args,
             hub,
             desired: watch::channel(None).0,
+            vouched: watch::channel(false).0,
             spec: watch::channel(None).0,
             engine: Mutex::new(None),
             streaming: Arc::new(AtomicBool::new(false)),
@@ -159,6 +166,11 @@ impl ReplicaNode {
         ReplicaNode { inner }
     }
 
+    /// The configuration held in the ledger at start: known, not yet vouched for.
+    fn restore(&self, config: &DesiredConfig) {
+        self.inner.desired.send_replace(Some(config.clone()));
+    }
+
     async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock());
@@ -173,6 +185,7 @@ impl Node for ReplicaNode {
         if let Some(engine) = self.inner.engine.lock().as_ref() {
             engine.apply(config)?;
         }
+        self.inner.vouched.send_replace(true);
         self.inner.desired.send_replace(Some(config.clone()));
         Ok(())
     }
@@ -193,6 +206,17 @@ impl Node for ReplicaNode {
     }
 
     fn on_pointer(&self, sent_at: Instant, pointer: &DesiredPointer) {
+        let current = self
+            .inner
+            .desired
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.generation == pointer.desired_generation);
+        if current {
+            self.inner
+                .vouched
+                .send_if_modified(|v| !std::mem::replace(v, true));
+        }
         self.inner.hub.on_pointer(sent_at, pointer);
     }
 
@@ -228,10 +252,14 @@ impl Following {
 /// Applies each new desired configuration's replication part, in order, until stopped.
 async fn roles(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut desired = inner.desired.subscribe();
+    let mut vouched = inner.vouched.subscribe();
     let mut acting = Acting::Idle;
     loop {
         let config = desired.borrow_and_update().clone();
-        if let Some(spec) = config.as_ref().and_then(|c| c.replication.clone()) {
+        let trusted = *vouched.borrow_and_update();
+        let spec = config.as_ref().and_then(|c| c.replication.clone());
+        // A restored "lead" waits for the control plane (see `Inner::vouched`).
+        if let Some(spec) = spec.filter(|s| trusted || s.role != Role::Leader) {
             let before = matches!(acting, Acting::Leading { .. });
             acting = step(&inner, acting, config.as_ref(), &spec).await;
             if before != matches!(acting, Acting::Leading { .. }) {
@@ -242,6 +270,7 @@ async fn roles(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = crate::replication::stopped(&mut stop) => break,
             r = desired.changed() => if r.is_err() { break },
+            r = vouched.changed() => if r.is_err() { break },
         }
     }
     match acting {

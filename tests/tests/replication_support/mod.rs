@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +45,8 @@ pub struct CpState {
     pub nodes: BTreeMap<String, NodeState>,
     /// When the lease last granted to the current leader runs out (on our clock).
     pub lease_until: Option<Instant>,
+    /// Nodes this control plane does not answer (503), as if cut off from it.
+    pub muted: BTreeSet<String>,
 }
 
 pub type Cp = Arc<Mutex<CpState>>;
@@ -110,6 +112,9 @@ async fn serve_cp(cp: Cp) -> Result<String> {
                 if !cp.nodes.contains_key(&node) {
                     return Err(axum::http::StatusCode::NOT_FOUND);
                 }
+                if cp.muted.contains(&node) {
+                    return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                }
                 Ok(Json(pointer(&mut cp, &node)))
             }),
         )
@@ -118,6 +123,9 @@ async fn serve_cp(cp: Cp) -> Result<String> {
             post(
                 |State(cp): State<Cp>, Path(node): Path<String>, Json(hb): Json<Heartbeat>| async move {
                     let mut cp = cp.lock();
+                    if cp.muted.contains(&node) {
+                        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                    }
                     let epoch = cp.epoch;
                     let is_leader = cp.leader == node;
                     let Some(n) = cp.nodes.get_mut(&node) else {
@@ -228,6 +236,7 @@ impl Cluster {
             peers,
             nodes: states,
             lease_until: None,
+            muted: BTreeSet::new(),
         }));
         let url = serve_cp(cp.clone()).await?;
         let mut cluster = Cluster {
