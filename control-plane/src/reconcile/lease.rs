@@ -274,7 +274,8 @@ pub async fn run<F>(
             }
         })
         .await;
-        abort_all(tasks).await;
+        // A handle awaited to completion must not be awaited again.
+        abort_all(tasks.into_iter().filter(|t| !t.is_finished()).collect()).await;
     }
     acting.set(Tenure::Standby);
     if let Tenure::Holding { term, .. } = tenure {
@@ -550,6 +551,105 @@ mod tests {
             until: Instant::now(),
         });
         assert!(acting.check().is_err());
+    }
+
+    /// Two lease tasks on one SQLite database: one runs loops at a time; a killed holder
+    /// (no release) is replaced after expiry, a stopped one (released) at once.
+    #[tokio::test]
+    async fn two_replicas_take_turns_and_never_act_together() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::connect(&Store::sqlite_url_in(dir.path()))
+            .await
+            .expect("SQLite opens");
+        store.migrate().await.expect("migrates");
+        let state = AppState::new(
+            store,
+            crate::config::ServeConfig::for_tests(dir.path().to_path_buf(), None),
+        );
+        let settings = Settings::from_lease_ms(400);
+        // Loops running now in each replica; each counts while its tenure lasts.
+        let running: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let spawn_replica = |i: usize| {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let running = running.clone();
+            let task = tokio::spawn(run(
+                state.clone(),
+                format!("replica-{i}"),
+                settings,
+                stop_rx,
+                move |acting, mut stop| {
+                    let running = running.clone();
+                    vec![tokio::spawn(async move {
+                        struct Guard(Arc<[AtomicUsize; 2]>, usize);
+                        impl Drop for Guard {
+                            fn drop(&mut self) {
+                                self.0[self.1].fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        running[i].fetch_add(1, Ordering::SeqCst);
+                        let _guard = Guard(running.clone(), i);
+                        while acting.may_act() {
+                            tokio::select! {
+                                _ = stop.wait_for(|s| *s) => return,
+                                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                            }
+                        }
+                    })]
+                },
+            ));
+            (stop_tx, task)
+        };
+        let active = || {
+            (
+                running[0].load(Ordering::SeqCst),
+                running[1].load(Ordering::SeqCst),
+            )
+        };
+        let (stop0, task0) = spawn_replica(0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (stop1, task1) = spawn_replica(1);
+        let mut watched = Duration::ZERO;
+        while watched < Duration::from_millis(1500) {
+            assert_eq!(active(), (1, 0), "the first replica holds it");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            watched += Duration::from_millis(10);
+        }
+        // Killed (no release): the other takes over once the lease has expired, never
+        // while the first may still act.
+        task0.abort();
+        let _ = task0.await;
+        drop(stop0);
+        let killed = Instant::now();
+        let mut taken = None;
+        while killed.elapsed() < Duration::from_secs(5)
+            && taken.is_none_or(|t| killed.elapsed() < t + Duration::from_millis(500))
+        {
+            let (a, b) = active();
+            assert!(a + b <= 1, "both act at once");
+            if b == 1 && taken.is_none() {
+                taken = Some(killed.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let taken = taken.expect("the standby took over");
+        assert!(
+            taken <= settings.lease + settings.renew_every * 2,
+            "{taken:?}"
+        );
+        // Stopped: the lease is released and the holder's loops end.
+        let _ = stop1.send(true);
+        task1.await.expect("ends");
+        assert_eq!(active(), (0, 0));
+        let row = state
+            .store
+            .cp_lease_get()
+            .await
+            .expect("read")
+            .expect("row");
+        assert!(!row.is_live(), "released: {row:?}");
+        assert_eq!((row.holder.as_str(), row.term), ("replica-1", 2));
     }
 
     #[test]
