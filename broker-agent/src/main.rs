@@ -162,7 +162,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // `--version` prints the version the agent reports to the control plane (which asks the
+    // binary it would start, to find nodes running an older agent).
+    let version: &'static str = mooring_broker_agent::agent::reported_version().leak();
+    let matches = <Cli as clap::CommandFactory>::command()
+        .version(version)
+        .get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Standalone(a) => standalone(a).await,
         Command::Run(a) => mooring_broker_agent::agent::run(a).await,

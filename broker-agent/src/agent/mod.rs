@@ -27,6 +27,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A hidden override of the version this agent reports (at registration and by `--version`),
+/// for tests of agent upgrades: a wrapper script around one build can pose as an older or a
+/// newer agent, as `--clock-offset-file` lets tests move the control plane's clock. Unset or
+/// empty: the crate version.
+pub const REPORTED_VERSION_ENV: &str = "MOORING_AGENT_REPORTED_VERSION";
+
+/// The version this agent reports: [`REPORTED_VERSION_ENV`] if set, else the crate version.
+pub fn reported_version() -> String {
+    std::env::var(REPORTED_VERSION_ENV)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
+}
+
 /// `mooring-agent run`: serve one broker node for a control plane.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -96,7 +111,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let client = ControlPlaneClient::new(&args.control_plane, node_id, args.token.clone())?;
     let register = RegisterRequest {
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: reported_version(),
         amqp_addr: addrs.amqp.to_string(),
         admin_addr: addrs.admin.map(|a| a.to_string()).unwrap_or_default(),
         applied_generation: Default::default(),

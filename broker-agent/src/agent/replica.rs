@@ -73,7 +73,7 @@ pub async fn run(
     tracing::info!(node = %node_id, amqp = %args.amqp_listen, replication = %repl_local, "replicated node started");
     let client = ControlPlaneClient::new(&args.control_plane, node_id, args.token.clone())?;
     let register = RegisterRequest {
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: super::reported_version(),
         amqp_addr: args.amqp_listen.to_string(),
         admin_addr: args.admin_listen.to_string(),
         applied_generation: Default::default(),

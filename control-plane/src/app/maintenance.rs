@@ -58,6 +58,19 @@ pub fn pending_in_row(b: &BrokerRecord) -> Vec<(ActionKind, String)> {
     out
 }
 
+/// The agent version a broker's nodes should be restarted onto, if any: the version of the
+/// binary a node started now would run (`current`, asked of the binary), when some node
+/// reported another one at its latest registration. Derived, not stored: it is applied by
+/// restarting every node (a maintenance run or RebootBroker), and it is gone once every node
+/// reports `current`. Any difference counts, so a binary rolled back is rolled out too.
+pub fn agent_version_pending(reported: &[String], current: Option<&str>) -> Option<String> {
+    let current = current?;
+    reported
+        .iter()
+        .any(|v| v != current)
+        .then(|| current.to_owned())
+}
+
 /// Who asked for a pending change not yet scheduled: the automatic minor version upgrade
 /// when it is exactly what that rule picks (also after a crash between setting it and
 /// scheduling it), else whoever asked for the same target before, else the user.
@@ -68,6 +81,9 @@ pub fn action_source(
     catalog: &[&str],
     current: Option<&ActionRecord>,
 ) -> ActionSource {
+    if kind == ActionKind::AgentVersion {
+        return ActionSource::Agent;
+    }
     let auto = kind == ActionKind::EngineVersion
         && b.auto_minor_version_upgrade
         && auto_minor_upgrade(catalog.iter().copied(), &b.engine_version) == Some(target);
@@ -89,7 +105,7 @@ pub fn pending_actions(
 ) -> Vec<PendingActionView> {
     let window = broker_window(b);
     let spec = window_spec(b);
-    pending_in_row(b)
+    let mut views: Vec<PendingActionView> = pending_in_row(b)
         .into_iter()
         .map(|(kind, target)| {
             let recorded = scheduled
@@ -116,7 +132,22 @@ pub fn pending_actions(
                 },
             }
         })
-        .collect()
+        .collect();
+    // An agent version has no column: it is pending while the reconciler's schedule row says
+    // so (written within a pass of a node reporting another version than the installed
+    // binary's, deleted once every node reports it).
+    views.extend(
+        scheduled
+            .iter()
+            .filter(|a| a.kind == ActionKind::AgentVersion)
+            .map(|a| PendingActionView {
+                kind: a.kind,
+                target: a.target.clone(),
+                source: a.source,
+                scheduled_at: Some(a.scheduled_at),
+            }),
+    );
+    views
 }
 
 /// One broker's pending actions for DescribeBroker.

@@ -86,7 +86,9 @@ impl AppState {
             Some(path) => Arc::new(OffsetFileClock::new(path.clone())),
             None => Arc::new(SystemClock),
         };
-        let catalog = Arc::new(Catalog::new(&config.database.data_dir));
+        let catalog = Arc::new(
+            Catalog::new(&config.database.data_dir).with_agent_binary(config.agent_binary()),
+        );
         let auth_caches = Arc::new(AuthCaches::new(Duration::from_millis(
             config.auth_cache_ttl_ms,
         )));

@@ -8,6 +8,7 @@
 //! the file is offered by DescribeBrokerEngineTypes and picked up by automatic minor
 //! version upgrades without a restart.
 
+pub mod agent;
 mod engine_versions;
 pub mod extra;
 mod instance_types;
@@ -22,6 +23,8 @@ use crate::model::EngineType;
 /// The built-in catalog plus the runtime file of one control plane.
 pub struct Catalog {
     extra: extra::ExtraVersions,
+    /// The agent binary nodes are started from, when there is one to ask.
+    agent: Option<agent::AgentBinary>,
 }
 
 impl Catalog {
@@ -29,7 +32,20 @@ impl Catalog {
     pub fn new(data_dir: &Path) -> Self {
         Catalog {
             extra: extra::ExtraVersions::new(extra::extra_versions_path(data_dir)),
+            agent: None,
         }
+    }
+
+    /// Also knows the version of the agent binary nodes are started from.
+    pub fn with_agent_binary(mut self, path: std::path::PathBuf) -> Self {
+        self.agent = Some(agent::AgentBinary::new(path));
+        self
+    }
+
+    /// The version of the agent a node started now would run, if known. Blocking (it may
+    /// run the binary once after it changed).
+    pub fn agent_version(&self) -> Option<String> {
+        self.agent.as_ref().and_then(agent::AgentBinary::version)
     }
 
     /// Every version of `engine`, built-in and runtime, newest first, each once.

@@ -5,8 +5,13 @@
 //! - With `autoMinorVersionUpgrade`, a newer patch of the broker's engine version in the
 //!   catalog becomes the broker's pending engine version
 //!   ([`plan::maintenance::auto_minor_upgrade`]).
+//! - A node running another agent version than the installed agent binary's (asked of the
+//!   binary, [`crate::catalog::agent`]) gives its broker an `AGENT_VERSION` pending change,
+//!   derived each pass ([`agent_version_pending`]), not stored: applying it is restarting
+//!   every node (the run's reboot request, or RebootBroker), which starts them on the new
+//!   binary, and it is gone once every node reports that version.
 //! - Each pending change in the broker row (engine version, instance type, configuration)
-//!   has a `maintenance_actions` row with the start of the window it is due in
+//!   or derived (agent version) has a `maintenance_actions` row with the start of the window it is due in
 //!   ([`plan::window::schedule_at`]); a changed target or window reschedules it, and a
 //!   change no longer pending (applied by RebootBroker, or undone) loses its row.
 //! - In an open window, once due, unless maintenance is paused or the fleet limit is
@@ -37,7 +42,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::app::maintenance::{action_source, broker_window, pending_in_row, window_spec};
+use crate::app::maintenance::{
+    action_source, agent_version_pending, broker_window, pending_in_row, window_spec,
+};
 use crate::app::AppState;
 use crate::catalog::Catalog;
 use crate::model::{BrokerState, EngineType};
@@ -130,12 +137,36 @@ pub async fn pass(state: &AppState) -> anyhow::Result<()> {
         running: runs.len(),
     };
     let versions = CatalogVersions::read(&state.catalog);
+    // The agent version a node started now would run (asks the binary once after it changed).
+    let catalog = state.catalog.clone();
+    let agent_now = tokio::task::spawn_blocking(move || catalog.agent_version())
+        .await
+        .context("asking the agent binary its version")?;
+    let mut reported: HashMap<BrokerId, Vec<String>> = HashMap::new();
+    for (broker, version) in state.store.maintenance_agent_versions().await? {
+        reported.entry(broker).or_default().push(version);
+    }
     let mut failed = 0usize;
     for b in &brokers {
         let rows = scheduled.remove(&b.id).unwrap_or_default();
+        let agent = agent_version_pending(
+            reported.get(&b.id).map_or(&[], Vec::as_slice),
+            agent_now.as_deref(),
+        );
         let result = match runs.remove(&b.id) {
             Some(run) => finish_run(state, b, &run, &mut fleet).await,
-            None => maintain(state, b, &rows, &versions, &mut fleet, now).await,
+            None => {
+                maintain(
+                    state,
+                    b,
+                    &rows,
+                    agent.as_deref(),
+                    &versions,
+                    &mut fleet,
+                    now,
+                )
+                .await
+            }
         };
         if let Err(e) = result {
             failed += 1;
@@ -211,16 +242,21 @@ pub fn auto_upgrade_change(
 }
 
 /// The schedule rows to write and the kinds to delete so that `rows` matches the broker's
-/// pending changes at `now`.
+/// pending changes at `now`: those in its row, and `agent`, the agent version its nodes are
+/// to be restarted onto ([`agent_version_pending`]).
 pub fn schedule_changes(
     b: &BrokerRecord,
     catalog: &[&str],
     rows: &[ActionRecord],
+    agent: Option<&str>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<(Vec<ActionRecord>, Vec<ActionKind>)> {
     let window = broker_window(b).map_err(anyhow::Error::msg)?;
     let spec = window_spec(b);
-    let pending = pending_in_row(b);
+    let mut pending = pending_in_row(b);
+    if let Some(to) = agent {
+        pending.push((ActionKind::AgentVersion, to.to_owned()));
+    }
     let mut upserts = Vec::new();
     for (kind, target) in &pending {
         let current = rows.iter().find(|r| r.kind == *kind);
@@ -294,6 +330,7 @@ async fn maintain(
     state: &AppState,
     b: &BrokerRecord,
     rows: &[ActionRecord],
+    agent: Option<&str>,
     versions: &CatalogVersions,
     fleet: &mut Fleet,
     now: DateTime<Utc>,
@@ -322,7 +359,7 @@ async fn maintain(
         }
     }
 
-    let (upserts, deletes) = schedule_changes(b, catalog, rows, now)?;
+    let (upserts, deletes) = schedule_changes(b, catalog, rows, agent, now)?;
     for a in &upserts {
         match state.store.maintenance_action_upsert(a).await {
             Ok(()) => {

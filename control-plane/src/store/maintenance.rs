@@ -162,6 +162,24 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
+    /// The agent versions each broker's nodes reported at their latest registration, as
+    /// `(broker, version)` once each (one query per pass; nodes that never registered
+    /// report nothing).
+    pub async fn maintenance_agent_versions(&self) -> Result<Vec<(BrokerId, String)>, StoreError> {
+        let rows: Vec<(String, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT DISTINCT broker_id, agent_version FROM broker_nodes \
+                 WHERE agent_version IS NOT NULL ORDER BY broker_id, agent_version",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(b, v)| (BrokerId::from_db(b), v))
+            .collect())
+    }
+
     /// One broker's scheduled actions, by kind.
     pub async fn maintenance_action_list(
         &self,

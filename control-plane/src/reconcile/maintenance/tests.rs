@@ -173,7 +173,7 @@ fn schedules_follow_the_row_and_the_window() {
     let now = t(2026, 11, 3, 10, 0);
     let next = t(2026, 11, 9, 2, 0);
     let mut b = broker();
-    let (up, del) = schedule_changes(&b, CATALOG, &[], now).expect("valid window");
+    let (up, del) = schedule_changes(&b, CATALOG, &[], None, now).expect("valid window");
     assert!(
         up.is_empty() && del.is_empty(),
         "nothing pending, nothing scheduled"
@@ -181,7 +181,7 @@ fn schedules_follow_the_row_and_the_window() {
 
     b.pending_engine_version = Some("3.13.2".into());
     b.pending_host_instance_type = Some("mq.m5.xlarge".into());
-    let (up, del) = schedule_changes(&b, CATALOG, &[], now).expect("valid window");
+    let (up, del) = schedule_changes(&b, CATALOG, &[], None, now).expect("valid window");
     assert!(del.is_empty());
     assert_eq!(up.len(), 2);
     assert_eq!(
@@ -198,18 +198,18 @@ fn schedules_follow_the_row_and_the_window() {
     );
 
     // Scheduled already: a second pass changes nothing (idempotent).
-    let (again, del) = schedule_changes(&b, CATALOG, &up, now).expect("valid window");
+    let (again, del) = schedule_changes(&b, CATALOG, &up, None, now).expect("valid window");
     assert!(again.is_empty() && del.is_empty());
 
     // Found while the window is open: due at once.
     let open = t(2026, 11, 9, 2, 30);
-    let (up_open, _) = schedule_changes(&b, CATALOG, &[], open).expect("valid window");
+    let (up_open, _) = schedule_changes(&b, CATALOG, &[], None, open).expect("valid window");
     assert_eq!(up_open[0].scheduled_at, open);
 
     // The window moves: rescheduled, keeping the source.
     let mut moved = b.clone();
     moved.maintenance_day = DayOfWeek::Wednesday;
-    let (re, _) = schedule_changes(&moved, CATALOG, &up, now).expect("valid window");
+    let (re, _) = schedule_changes(&moved, CATALOG, &up, None, now).expect("valid window");
     assert_eq!(re.len(), 2);
     assert_eq!(re[0].scheduled_at, t(2026, 11, 4, 2, 0));
     assert_eq!(re[1].source, ActionSource::User);
@@ -218,12 +218,100 @@ fn schedules_follow_the_row_and_the_window() {
     let mut applied = b.clone();
     applied.pending_engine_version = None;
     applied.pending_host_instance_type = None;
-    let (up2, del) = schedule_changes(&applied, CATALOG, &up, now).expect("valid window");
+    let (up2, del) = schedule_changes(&applied, CATALOG, &up, None, now).expect("valid window");
     assert!(up2.is_empty());
     assert_eq!(
         del,
         vec![ActionKind::EngineVersion, ActionKind::HostInstanceType]
     );
+}
+
+#[test]
+fn agent_version_is_pending_while_a_node_reports_another() {
+    use crate::app::maintenance::agent_version_pending;
+    let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    struct Case {
+        what: &'static str,
+        reported: Vec<String>,
+        current: Option<&'static str>,
+        want: Option<&'static str>,
+    }
+    let cases = [
+        Case {
+            what: "every node on the binary's version",
+            reported: v(&["0.2.0"]),
+            current: Some("0.2.0"),
+            want: None,
+        },
+        Case {
+            what: "one node on an older agent",
+            reported: v(&["0.1.0", "0.2.0"]),
+            current: Some("0.2.0"),
+            want: Some("0.2.0"),
+        },
+        Case {
+            what: "every node older",
+            reported: v(&["0.1.0"]),
+            current: Some("0.2.0"),
+            want: Some("0.2.0"),
+        },
+        Case {
+            what: "a binary rolled back",
+            reported: v(&["0.3.0"]),
+            current: Some("0.2.0"),
+            want: Some("0.2.0"),
+        },
+        Case {
+            what: "the binary cannot be asked",
+            reported: v(&["0.1.0"]),
+            current: None,
+            want: None,
+        },
+        Case {
+            what: "no node registered yet",
+            reported: v(&[]),
+            current: Some("0.2.0"),
+            want: None,
+        },
+    ];
+    for c in cases {
+        assert_eq!(
+            agent_version_pending(&c.reported, c.current).as_deref(),
+            c.want,
+            "{}",
+            c.what
+        );
+    }
+}
+
+#[test]
+fn an_agent_version_is_scheduled_in_the_window_and_goes_once_applied() {
+    let now = t(2026, 11, 3, 10, 0);
+    let next = t(2026, 11, 9, 2, 0);
+    let b = broker();
+    let (up, del) = schedule_changes(&b, CATALOG, &[], Some("0.2.0"), now).expect("valid window");
+    assert!(del.is_empty());
+    assert_eq!(up.len(), 1);
+    assert_eq!(
+        (
+            up[0].kind,
+            up[0].target.as_str(),
+            up[0].source,
+            up[0].scheduled_at
+        ),
+        (ActionKind::AgentVersion, "0.2.0", ActionSource::Agent, next)
+    );
+    // Still pending: nothing changes.
+    let (again, del) =
+        schedule_changes(&b, CATALOG, &up, Some("0.2.0"), now).expect("valid window");
+    assert!(again.is_empty() && del.is_empty());
+    // A newer binary installed meanwhile: the target moves.
+    let (moved, _) = schedule_changes(&b, CATALOG, &up, Some("0.3.0"), now).expect("valid window");
+    assert_eq!(moved[0].target, "0.3.0");
+    // Every node reports the new version: the action goes.
+    let (none, del) = schedule_changes(&b, CATALOG, &up, None, now).expect("valid window");
+    assert!(none.is_empty());
+    assert_eq!(del, vec![ActionKind::AgentVersion]);
 }
 
 #[test]
