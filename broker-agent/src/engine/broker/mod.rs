@@ -86,13 +86,30 @@ pub struct Broker {
     pub disk_alarm: AtomicBool,
 }
 
+/// How long an engine start waits for an engine of this process that is shutting down to
+/// let go of the data directory (its last tasks drop their handles a moment after
+/// `shutdown` returns). Another process holding it fails the start after this long too.
+const STORAGE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_storage(sc: super::storage::StorageConfig) -> std::io::Result<Storage> {
+    let deadline = Instant::now() + STORAGE_RELEASE_WAIT;
+    loop {
+        match Storage::open(sc.clone()) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Broker {
     /// Opens storage, loads the definitions snapshot and recovers every durable queue.
     pub fn open(config: EngineConfig) -> anyhow::Result<Arc<Broker>> {
         let mut sc = super::storage::StorageConfig::new(&config.data_dir);
         sc.sync_interval = config.sync_interval;
         sc.tap = config.replication_tap.clone();
-        let storage = Storage::open(sc).context("opening storage")?;
+        let storage = open_storage(sc).context("opening storage")?;
         let defs = match storage.load_definitions().context("loading definitions")? {
             Some(bytes) => Some(Definitions::decode(&bytes).context("decoding definitions")?),
             None => None,
