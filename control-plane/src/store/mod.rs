@@ -12,6 +12,7 @@ mod configurations;
 mod cp_lease;
 mod error;
 pub mod events;
+mod fast_pool;
 mod ids;
 mod maintenance;
 mod nodes;
@@ -28,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{ConnectOptions as _, PgPool, SqlitePool};
 
 pub use audit::{
     AuditDecision, AuditEventRecord, AuditFilter, NewAuditEvent, AUDIT_INSERT_MAX_ROWS,
@@ -63,15 +64,21 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 
 /// How long a SQLite writer waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const SQLITE_SLOW_STATEMENT: Duration = Duration::from_millis(250);
 /// A pooled Postgres connection idle for this long is tested before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// How long acquiring a pooled connection may take before the request fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Dedicated connections for the hottest statements (see [`fast_pool`]), besides the
+/// main pool's 16.
+const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
+/// Postgres also carries a few dedicated connections for the hottest statements, used
+/// only by the store's own code; `with_pool!` and tests see the main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool),
+    Postgres(PgPool, FastPool),
     Sqlite(SqlitePool),
 }
 
@@ -81,7 +88,7 @@ pub enum Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Postgres($pool, _) => $body,
             $crate::store::Store::Sqlite($pool) => $body,
         }
     };
@@ -94,6 +101,12 @@ impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).context("parsing the Postgres URL")?;
+            let fast = FastPool::new(
+                options.clone(),
+                FAST_POOL_SIZE,
+                ACQUIRE_TIMEOUT,
+                PING_IDLE_AFTER,
+            );
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -113,7 +126,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;
-            Ok(Store::Postgres(pool))
+            Ok(Store::Postgres(pool, fast))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("parsing the SQLite URL")?
@@ -122,7 +135,10 @@ impl Store {
                 // WAL lets readers proceed while one writer commits.
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                // A statement this slow on the embedded store means lock contention
+                // between writers or a slow disk: worth a line in the log.
+                .log_slow_statements(log::LevelFilter::Warn, SQLITE_SLOW_STATEMENT);
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -144,7 +160,7 @@ impl Store {
     /// (sqlx takes an advisory lock on Postgres).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            Store::Postgres(pool, _) => POSTGRES_MIGRATIONS.run(pool).await,
             Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
         }
         .context("applying database migrations")
@@ -159,6 +175,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Store::Postgres(_, fast) = self {
+            fast.close().await;
+        }
         with_pool!(self, pool => pool.close().await)
     }
 }
