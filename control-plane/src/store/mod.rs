@@ -12,7 +12,6 @@ mod configurations;
 mod cp_lease;
 mod error;
 pub mod events;
-mod fast_pool;
 mod ids;
 mod maintenance;
 mod nodes;
@@ -69,16 +68,11 @@ const SQLITE_SLOW_STATEMENT: Duration = Duration::from_millis(250);
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// How long acquiring a pooled connection may take before the request fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Dedicated connections for the hottest statements (see [`fast_pool`]), besides the
-/// main pool's 16.
-const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
-/// Postgres also carries a few dedicated connections for the hottest statements, used
-/// only by the store's own code; `with_pool!` and tests see the main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool, FastPool),
+    Postgres(PgPool),
     Sqlite(SqlitePool),
 }
 
@@ -88,7 +82,7 @@ pub enum Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Postgres($pool, _) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
             $crate::store::Store::Sqlite($pool) => $body,
         }
     };
@@ -101,12 +95,6 @@ impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).context("parsing the Postgres URL")?;
-            let fast = FastPool::new(
-                options.clone(),
-                FAST_POOL_SIZE,
-                ACQUIRE_TIMEOUT,
-                PING_IDLE_AFTER,
-            );
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -126,7 +114,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;
-            Ok(Store::Postgres(pool, fast))
+            Ok(Store::Postgres(pool))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("parsing the SQLite URL")?
@@ -160,7 +148,7 @@ impl Store {
     /// (sqlx takes an advisory lock on Postgres).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Store::Postgres(pool, _) => POSTGRES_MIGRATIONS.run(pool).await,
+            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
             Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
         }
         .context("applying database migrations")
@@ -175,9 +163,6 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Store::Postgres(_, fast) = self {
-            fast.close().await;
-        }
         with_pool!(self, pool => pool.close().await)
     }
 }
