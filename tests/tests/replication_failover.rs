@@ -446,3 +446,22 @@ async fn a_restarted_old_leader_waits_for_the_control_plane_before_leading() -> 
     .with_context(|| cluster.logs())?;
     Ok(())
 }
+
+/// The other side of the same rule: a leader killed and restarted before anyone replaced it
+/// is still the recorded leader; the control plane grants it a lease and it serves again
+/// (it must not wait for a promotion that will never come, e.g. when it has no follower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_that_was_not_replaced_leads_again() -> Result<()> {
+    let mut cluster = Cluster::start(2).await?;
+    connect_when_serving(&cluster, 0).await?;
+    cluster
+        .wait_all_in_sync()
+        .await
+        .with_context(|| cluster.logs())?;
+    cluster.kill9(0)?;
+    cluster.spawn(0)?;
+    first_confirmed_publish(&cluster, 0)
+        .await
+        .with_context(|| cluster.logs())?;
+    Ok(())
+}

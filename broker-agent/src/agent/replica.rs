@@ -112,7 +112,8 @@ struct Inner {
     hub: Arc<Hub>,
     desired: watch::Sender<Option<DesiredConfig>>,
     /// The control plane has vouched for `desired` in this process's life: it was fetched,
-    /// or a heartbeat answer pointed at its very generation. Until then a configuration
+    /// or a heartbeat answer pointed at its very generation (and, for a leader, granted a
+    /// lease under its epoch). Until then a configuration
     /// restored from the ledger that names this node leader is not acted on: a leader
     /// killed and restarted may have been replaced meanwhile, and must not accept clients
     /// as the leader of an old epoch while it finds out.
@@ -185,8 +186,10 @@ impl Node for ReplicaNode {
         if let Some(engine) = self.inner.engine.lock().as_ref() {
             engine.apply(config)?;
         }
-        self.inner.vouched.send_replace(true);
+        // The configuration before the vouch (and `roles` reads them in the other order):
+        // a vouch must never be paired with the configuration it replaces.
         self.inner.desired.send_replace(Some(config.clone()));
+        self.inner.vouched.send_replace(true);
         Ok(())
     }
 
@@ -206,12 +209,14 @@ impl Node for ReplicaNode {
     }
 
     fn on_pointer(&self, sent_at: Instant, pointer: &DesiredPointer) {
-        let current = self
-            .inner
-            .desired
-            .borrow()
-            .as_ref()
-            .is_some_and(|c| c.generation == pointer.desired_generation);
+        // A restored lead is vouched for only with a lease for its epoch: the control plane
+        // grants one to the recorded leader of the current epoch alone.
+        let current = self.inner.desired.borrow().as_ref().is_some_and(|c| {
+            c.generation == pointer.desired_generation
+                && c.replication.as_ref().is_none_or(|r| {
+                    r.role != Role::Leader || pointer.lease.is_some_and(|g| g.epoch == r.epoch)
+                })
+        });
         if current {
             self.inner
                 .vouched
@@ -254,10 +259,27 @@ async fn roles(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut desired = inner.desired.subscribe();
     let mut vouched = inner.vouched.subscribe();
     let mut acting = Acting::Idle;
+    // Restored as leader and not yet vouched for: the hub claims the lead (heartbeats say
+    // "leader of epoch N", which is how a lease is asked for) but no engine runs and no
+    // client is accepted until the control plane grants a lease or says otherwise.
+    let mut claiming = false;
     loop {
-        let config = desired.borrow_and_update().clone();
         let trusted = *vouched.borrow_and_update();
+        let config = desired.borrow_and_update().clone();
         let spec = config.as_ref().and_then(|c| c.replication.clone());
+        let restored_lead = spec.as_ref().filter(|s| !trusted && s.role == Role::Leader);
+        if let (Some(s), false) = (restored_lead, claiming) {
+            inner.hub.observe_epoch(s.epoch.0);
+            let peers = s.peers.iter().map(|p| p.node.clone()).collect();
+            inner.hub.become_leader(s.epoch.0, peers);
+            claiming = true;
+            inner.nudge.notify_one();
+        } else if claiming && restored_lead.is_none() {
+            claiming = false;
+            if spec.as_ref().is_some_and(|s| s.role != Role::Leader) {
+                inner.hub.stop_leading();
+            }
+        }
         // A restored "lead" waits for the control plane (see `Inner::vouched`).
         if let Some(spec) = spec.filter(|s| trusted || s.role != Role::Leader) {
             let before = matches!(acting, Acting::Leading { .. });
