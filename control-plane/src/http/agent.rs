@@ -136,6 +136,17 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> Result<Json<DesiredPointer>, AgentError> {
     let (id, auth) = authenticate(&state, &node, &headers).await?;
+    // Nothing applied: a fresh data directory. A replicated node that had run before lost
+    // its data and must not stay a failover candidate (issue 5, node replacement).
+    if req.applied_generation.0 == 0
+        && state
+            .store
+            .replication_node_lost_data(&id, Utc::now())
+            .await?
+    {
+        tracing::warn!(node = %id, "agent came back without its data: out of the in-sync set until it has copied from the leader");
+        state.wake_reconcilers();
+    }
     state
         .store
         .node_register(&id, &req.agent_version, req.applied_generation, Utc::now())

@@ -679,6 +679,83 @@ impl Store {
             Ok(a + b > 0)
         })
     }
+
+    /// A node that had registered before registers again with nothing applied: its data is
+    /// gone (a fresh data directory). It leaves the in-sync set at once, before its first
+    /// heartbeat can make it a candidate: it holds none of the log it was in sync with, and
+    /// joins again only when the leader proposes it, having copied. Called before
+    /// [`Store::node_register`]. Returns whether it left. A leader that lost its data is not
+    /// handled here.
+    pub async fn replication_node_lost_data(
+        &self,
+        node: &NodeId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // `agent_version` is set at a registration and never cleared: the node ran before
+        // (`registered_at` is cleared at each start).
+        let row: Option<(String, Option<String>)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT broker_id, agent_version FROM broker_nodes WHERE id = $1")
+                .bind(&node.0)
+                .fetch_optional(pool)
+                .await?
+        });
+        let Some((broker_id, Some(_))) = row else {
+            return Ok(false);
+        };
+        let broker_id = BrokerId::from_db(broker_id);
+        // Compare-and-set on the in-sync set; a concurrent change is read again.
+        for _ in 0..5 {
+            let Some(r) = self.replication_get(&broker_id).await? else {
+                return Ok(false);
+            };
+            if r.leader == *node || !r.in_sync.contains(node) {
+                return Ok(false);
+            }
+            let remaining: Vec<NodeId> = r.in_sync.iter().filter(|n| *n != node).cloned().collect();
+            let event = NewEvent {
+                broker_id: broker_id.clone(),
+                at: now,
+                kind: kind::IN_SYNC_CHANGE,
+                from_node: Some(node.clone()),
+                to_node: None,
+                epoch: Some(r.epoch.0),
+                reason: format!(
+                    "in-sync set {} -> {}: {node} came back without its data; it copies from \
+                     the leader before it joins again",
+                    show(&r.in_sync),
+                    show(&remaining)
+                ),
+                duration_ms: None,
+            };
+            let left = with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                let n = sqlx::query(
+                    "UPDATE broker_replication SET in_sync = $4, updated_at = $5 \
+                     WHERE broker_id = $1 AND epoch = $2 AND in_sync = $3",
+                )
+                .bind(broker_id.as_str())
+                .bind(i64_of(r.epoch.0))
+                .bind(node_set_text(&r.in_sync))
+                .bind(node_set_text(&remaining))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    false
+                } else {
+                    insert_event!(&mut *tx, &event);
+                    tx.commit().await?;
+                    true
+                }
+            });
+            if left {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::VersionConflict)
+    }
 }
 
 fn show(nodes: &[NodeId]) -> String {

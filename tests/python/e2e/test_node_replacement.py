@@ -202,3 +202,61 @@ def test_cluster_follower_whose_data_is_gone_copies_before_joining(aws, control_
 @pytest.mark.timeout(240)
 def test_only_in_sync_follower_whose_data_is_gone_copies_before_joining(aws, control_plane):
     replace_and_fail_over(aws, control_plane, "ACTIVE_STANDBY_MULTI_AZ", 2)
+
+
+@pytest.mark.timeout(240)
+def test_fresh_node_is_not_promoted_when_the_leader_dies_before_it_copied(aws, control_plane):
+    """The only in-sync follower's data is gone while the leader is dying: the leader is frozen
+    (SIGSTOP) so it can neither report the follower gone nor ship it anything, the follower is
+    wiped and killed, and the control plane starts a fresh node in its place. The in-sync set
+    recorded still names the follower; but the fresh node holds nothing, so it must not be
+    promoted when the frozen leader's lease runs out. Then the leader is killed: its node comes
+    back on its data and leads again, the fresh node copies and joins, nothing confirmed is
+    lost."""
+    cp = control_plane
+    broker_id = aws.ok(
+        "create-broker", "--broker-name", "replace-early", "--deployment-mode", "ACTIVE_STANDBY_MULTI_AZ",
+        "--engine-type", "RABBITMQ", "--engine-version", "3.13", "--host-instance-type", "mq.m5.large",
+        "--no-publicly-accessible", "--no-auto-minor-version-upgrade",
+        "--users", f"Username={ADMIN[0]},Password={ADMIN[1]}",
+    )["BrokerId"]
+    wait_running(aws, broker_id, timeout=120)
+    d = poll(lambda: (lambda d: d if leader_node(d) and len(d["brokerInstances"]) == 2 else None)(
+        describe(cp, broker_id)), 60, "2 instances, one leader")
+    leader = leader_node(d)
+    [victim] = [i["nodeId"] for i in d["brokerInstances"] if i["nodeId"] != leader]
+    confirmed = publish_backlog(leader_port(d), 300)
+    seen = len(all_events(cp, broker_id))
+
+    leader_pid = signal_agent(cp, leader, signal.SIGSTOP)
+    node_dir = cp.data_dir / "nodes" / victim
+    old_pid = signal_agent(cp, victim, signal.SIGSTOP)
+    shutil.rmtree(node_dir)
+    os.kill(old_pid, signal.SIGKILL)
+    frozen_at = time.monotonic()
+    try:
+        poll(lambda: (lambda p: p and p != [old_pid])(agents_by_node(cp.data_dir).get(victim, [])), 60,
+             f"a fresh node in place of {victim}\n{cp.log()}")
+        # Past the frozen leader's lease, and then some: the fresh node must never lead.
+        leaders = set()
+        while time.monotonic() - frozen_at < 8:
+            leaders.add(leader_node(describe(cp, broker_id)))
+            time.sleep(0.05)
+    finally:
+        os.kill(leader_pid, signal.SIGKILL)
+    events = all_events(cp, broker_id)[seen:]
+    print(f"\nleaders seen while the leader was frozen: {leaders}; events "
+          f"{[(e['kind'], e['reason']) for e in events]}")
+    assert victim not in leaders, "a node without the leader's log was promoted"
+
+    def redundant_again():
+        d = describe(cp, broker_id)
+        pids = agents_by_node(cp.data_dir).get(leader, [])
+        fine = leader_node(d) and d["brokerState"] == "RUNNING" and pids and pids != [leader_pid]
+        return d if fine else None
+
+    final = poll(redundant_again, 120, f"the broker RUNNING and redundant again\n{cp.log()}")
+    got = set(drain(port_of(final, leader_node(final))))
+    lost = [b[:20] for b in confirmed if b not in got]
+    print(f"leader at the end {leader_node(final)}; confirmed {len(confirmed)}, drained {len(got)}")
+    assert not lost, f"{len(lost)} confirmed messages lost, e.g. {lost[:5]}"
