@@ -1,0 +1,123 @@
+//! The store queries behind agent upgrades and node replacement, on both backends (SQLite
+//! always, Postgres when reachable): the agent versions nodes reported, and a replicated
+//! node that comes back without its data leaving the in-sync set.
+
+mod common;
+
+use chrono::{SubsecRound as _, Utc};
+use mooring_agent_protocol::{Generation, NodeId};
+use mooring_control_plane::model::{
+    AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType,
+};
+use mooring_control_plane::store::{BrokerId, NewBroker, NewNode};
+
+fn new_broker(name: &str) -> NewBroker {
+    let id = BrokerId::generate();
+    NewBroker {
+        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
+        id,
+        name: name.to_owned(),
+        engine_type: EngineType::Rabbitmq,
+        engine_version: "3.13".to_owned(),
+        host_instance_type: "mq.m5.large".to_owned(),
+        deployment_mode: DeploymentMode::ClusterMultiAz,
+        authentication_strategy: AuthenticationStrategy::Simple,
+        storage_type: StorageType::Ebs,
+        publicly_accessible: false,
+        auto_minor_version_upgrade: false,
+        maintenance_day: DayOfWeek::Sunday,
+        maintenance_time: "00:00".to_owned(),
+        maintenance_time_zone: "UTC".to_owned(),
+        logs_general: false,
+        logs_audit: false,
+        security_groups: vec![],
+        subnet_ids: vec![],
+        configuration: None,
+        creator_request_id: None,
+        tags: vec![],
+        now: Utc::now().trunc_subsecs(3),
+    }
+}
+
+#[tokio::test]
+async fn agent_versions_and_nodes_that_lost_their_data() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = s
+            .broker_insert(new_broker("lost-data"), vec![])
+            .await
+            .expect("insert");
+        let ids: Vec<NodeId> = (0..3).map(|o| NodeId(format!("{}-{o}", b.id))).collect();
+        for (ordinal, id) in ids.iter().enumerate() {
+            s.node_insert(
+                &NewNode {
+                    id: id.clone(),
+                    broker_id: b.id.clone(),
+                    ordinal: ordinal as i32,
+                    zone: format!("us-east-1{}", ["a", "b", "c"][ordinal]),
+                    host: "127.0.0.1".to_owned(),
+                    amqp_port: 20_000 + ordinal as u16,
+                    admin_port: 21_000 + ordinal as u16,
+                    replication_port: Some(22_000 + ordinal as u16),
+                },
+                Utc::now(),
+            )
+            .await
+            .expect("node");
+        }
+        let now = Utc::now().trunc_subsecs(3);
+        s.replication_ensure(&b.id, &ids[0], &ids, "sealed", now)
+            .await
+            .expect("leadership");
+
+        // At creation nothing was applied anywhere, and no node ran before: nobody leaves.
+        for id in &ids {
+            assert!(
+                !s.replication_node_lost_data(id, now).await.expect("check"),
+                "{}: a node that never ran has lost nothing",
+                t.backend
+            );
+            s.node_register(id, "0.1.0", Generation(0), now)
+                .await
+                .expect("register");
+        }
+        s.node_register(&ids[2], "0.2.0", Generation(3), now)
+            .await
+            .expect("register");
+        let mut versions = s.maintenance_agent_versions().await.expect("versions");
+        versions.retain(|(broker, _)| *broker == b.id);
+        let versions: Vec<&str> = versions.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(versions, ["0.1.0", "0.2.0"], "{}", t.backend);
+
+        // A follower that ran before comes back empty: out of the in-sync set, once.
+        assert!(s
+            .replication_node_lost_data(&ids[1], now)
+            .await
+            .expect("check"));
+        let r = s.replication_get(&b.id).await.expect("get").expect("row");
+        assert_eq!(
+            r.in_sync,
+            vec![ids[0].clone(), ids[2].clone()],
+            "{}",
+            t.backend
+        );
+        assert!(!s
+            .replication_node_lost_data(&ids[1], now)
+            .await
+            .expect("again"));
+        let events = s.event_list(&b.id, None, 100).await.expect("events");
+        let lost: Vec<_> = events
+            .iter()
+            .filter(|e| e.reason.contains("came back without its data"))
+            .collect();
+        assert_eq!(lost.len(), 1, "{}: {events:?}", t.backend);
+        assert_eq!(lost[0].from_node.as_ref(), Some(&ids[1]));
+        // The leader stays the leader and in the set (not handled here).
+        assert!(!s
+            .replication_node_lost_data(&ids[0], now)
+            .await
+            .expect("leader"));
+        let r = s.replication_get(&b.id).await.expect("get").expect("row");
+        assert!(r.in_sync.contains(&ids[0]) && r.leader == ids[0]);
+    }
+}
