@@ -266,7 +266,10 @@ def test_fresh_node_is_not_promoted_when_the_leader_dies_before_it_copied(aws, c
 def test_leader_whose_data_is_gone_is_replaced_without_loss(aws, control_plane):
     """The leader's data is gone: it is frozen, its directory deleted, and killed; the control
     plane starts a fresh node in its place. That node holds nothing, so it must not lead on
-    its empty log: the follower is promoted, and every confirmed message survives."""
+    its empty log: the follower is promoted, and every confirmed message survives. (A dead
+    leader is restarted only once the failover has run — `plan::failover::restart_gate` — so
+    the fresh node comes back as a follower; the control plane has no separate guard for a
+    leader that lost its data and has no in-sync follower to fail over to.)"""
     cp = control_plane
     broker_id = aws.ok(
         "create-broker", "--broker-name", "replace-leader", "--deployment-mode", "ACTIVE_STANDBY_MULTI_AZ",
