@@ -222,9 +222,11 @@ async fn replicated_heartbeat(
     {
         state.wake_reconcilers();
     }
-    // A released lease or a changed in-sync set: the failover loop decides at once.
+    // A released lease or a changed in-sync set: the failover loop decides at once (and
+    // the provisioner, which waits for a replicated broker's nodes to be in sync).
     if answer.leadership_changed {
         state.wake_failover();
+        state.wake_reconcilers();
     }
     Ok(Json(DesiredPointer {
         desired_generation: Generation(u64::try_from(answer.desired_generation).unwrap_or(0)),

@@ -146,7 +146,13 @@ impl Provisioner {
                     .flatten()
                     .max(),
             };
-            let ready = wanted && node_ready(&facts, reboot_generation, now);
+            // A replicated broker is RUNNING once it is redundant: every node serves and is
+            // in the recorded in-sync set (else a new broker would show RUNNING, then
+            // CRITICAL_ACTION_REQUIRED until its followers had copied, then RUNNING again).
+            let in_sync = leadership
+                .as_ref()
+                .is_none_or(|l| l.in_sync.contains(&node.id));
+            let ready = wanted && in_sync && node_ready(&facts, reboot_generation, now);
             all_ready &= ready;
             let mut action = node_action(goal, &facts, now);
             if let (Some(l), true) = (&leadership, wanted) {
