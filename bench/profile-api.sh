@@ -9,7 +9,7 @@
 # profile of `mooring serve` taken during the run.
 #
 # Environment: PROFILE_OPS (default describe-broker,list-brokers,create-user),
-# PROFILE_SECONDS (default 4), PROFILE_CLIENTS (default 16), PROFILE_PERF (0/1),
+# PROFILE_SECONDS (default 4), PROFILE_CLIENTS (default 16), PROFILE_PERF (0/1), PROFILE_STRACE (0/1: system-call counts, strace -c),
 # PROFILE_IDLE_SECONDS (default 10; 0 skips the idle measurement).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,8 +84,14 @@ for op in "${ops[@]}"; do
     perf record -F 999 -g -o "$work/perf.data" -p "$server_pid" -- sleep "$SECONDS_PER_OP" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  if [[ "${PROFILE_STRACE:-0}" == 1 ]]; then
+    timeout -s INT "$SECONDS_PER_OP" strace -c -f -e trace=sendto,recvfrom,writev,read,write \
+      -o "$work/strace.txt" -p "$server_pid" >/dev/null 2>&1 &
+    strace_pid=$!
+  fi
   result="$(load --ops "$op" --brokers 100 --reuse-brokers 2>/dev/null | grep '^result ')"
   [[ "${PROFILE_PERF:-0}" == 1 ]] && wait "$perf_pid"
+  [[ "${PROFILE_STRACE:-0}" == 1 ]] && { wait "$strace_pid" || true; }
   read -r _ _ rate p50 p99 ccpu scpu <<<"$result"
   requests="$(awk -v r="$rate" -v s="$SECONDS_PER_OP" 'BEGIN { printf "%d", r * s }')"
   echo
@@ -95,6 +101,11 @@ for op in "${ops[@]}"; do
   psql -d mooring -At -F ' | ' -c "SELECT round(calls::numeric / $requests, 3), \
       round((total_exec_time / calls)::numeric * 1000, 1) || ' us', left(regexp_replace(query, '\\s+', ' ', 'g'), 110) \
       FROM pg_stat_statements ORDER BY calls DESC LIMIT 8"
+  if [[ "${PROFILE_STRACE:-0}" == 1 ]]; then
+    # Under strace the rate is far lower; divide by the requests the server counted.
+    echo "system calls during the run (strace -c; divide by the requests it served, below):"
+    grep -E 'sendto|recvfrom|writev|read|write|total' "$work/strace.txt" || true
+  fi
   if [[ "${PROFILE_PERF:-0}" == 1 ]]; then
     perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
       | grep -E '^ +[0-9]' | head -25

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use mooring_agent_protocol::NodeId;
 
+use super::fast_pool::on_fast;
 use super::maintenance::{ActionRow, ACTION_COLUMNS};
 use super::tags::upsert_tag;
 use super::users::{insert_user, UserRow, COLUMNS as USER_COLUMNS};
@@ -496,12 +497,12 @@ impl Store {
     /// its users, tags, nodes, scheduled maintenance actions and leadership).
     pub async fn broker_describe(&self, id: &BrokerId) -> Result<BrokerDetail, StoreError> {
         let row: Option<BrokerDetailRow> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
+            Store::Postgres(_, fast) => {
+                on_fast!(fast, conn => sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
                     .bind(id.as_str())
                     .bind(DESCRIBE_USERS_MAX)
-                    .fetch_optional(pool)
-                    .await?
+                    .fetch_optional(conn))
+                .await?
             }
             Store::Sqlite(pool) => {
                 sqlx::query_as(DESCRIBE_SQL_SQLITE.as_str())
@@ -611,9 +612,22 @@ impl Store {
         );
         let sql = "SELECT id, name, arn, state, engine_type, host_instance_type, \
                    deployment_mode, created_at FROM brokers WHERE id > $1 ORDER BY id LIMIT $2";
-        let rows: Vec<Row> = with_pool!(self, pool => {
-            sqlx::query_as(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(pool).await?
-        });
+        let rows: Vec<Row> = match self {
+            Store::Postgres(_, fast) => {
+                on_fast!(fast, conn => sqlx::query_as(sql)
+                    .bind(after.unwrap_or(""))
+                    .bind(limit)
+                    .fetch_all(conn))
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(sql)
+                    .bind(after.unwrap_or(""))
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
         rows.into_iter()
             .map(
                 |(id, name, arn, state, engine_type, host_instance_type, mode, created_at)| {

@@ -45,7 +45,7 @@ impl CpLease {
 impl Store {
     fn now_ms_sql(&self) -> &'static str {
         match self {
-            Store::Postgres(_) => PG_NOW_MS,
+            Store::Postgres(..) => PG_NOW_MS,
             Store::Sqlite(_) => SQLITE_NOW_MS,
         }
     }

@@ -12,6 +12,7 @@ mod configurations;
 mod cp_lease;
 mod error;
 pub mod events;
+mod fast_pool;
 mod ids;
 mod maintenance;
 mod nodes;
@@ -29,6 +30,8 @@ use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, PgPool, SqlitePool};
+
+use fast_pool::FastPool;
 
 pub use audit::{
     AuditDecision, AuditEventRecord, AuditFilter, NewAuditEvent, AUDIT_INSERT_MAX_ROWS,
@@ -68,11 +71,16 @@ const SQLITE_SLOW_STATEMENT: Duration = Duration::from_millis(250);
 const PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// How long acquiring a pooled connection may take before the request fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Dedicated connections for the hottest statements (see [`fast_pool`]), besides the
+/// main pool's 16.
+const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
+/// Postgres also carries a few dedicated connections for the hottest statements, used
+/// only by the store's own code; `with_pool!` and tests see the main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool),
+    Postgres(PgPool, FastPool),
     Sqlite(SqlitePool),
 }
 
@@ -82,7 +90,7 @@ pub enum Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Postgres($pool, _) => $body,
             $crate::store::Store::Sqlite($pool) => $body,
         }
     };
@@ -95,6 +103,12 @@ impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).context("parsing the Postgres URL")?;
+            let fast = FastPool::new(
+                options.clone(),
+                FAST_POOL_SIZE,
+                ACQUIRE_TIMEOUT,
+                PING_IDLE_AFTER,
+            );
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -114,7 +128,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;
-            Ok(Store::Postgres(pool))
+            Ok(Store::Postgres(pool, fast))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("parsing the SQLite URL")?
@@ -148,7 +162,7 @@ impl Store {
     /// (sqlx takes an advisory lock on Postgres).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            Store::Postgres(pool, _) => POSTGRES_MIGRATIONS.run(pool).await,
             Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
         }
         .context("applying database migrations")
@@ -163,6 +177,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Store::Postgres(_, fast) = self {
+            fast.close().await;
+        }
         with_pool!(self, pool => pool.close().await)
     }
 }

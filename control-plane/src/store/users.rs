@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use super::fast_pool::{on_fast, FastPool};
 use super::{json_list, parse_json_list, with_pool, BrokerId, Store, StoreError};
 use crate::model::{BrokerState, ChangeType};
 
@@ -145,7 +146,9 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = Utc::now();
         let pool = match self {
-            Store::Postgres(pool) => return user_create_postgres(pool, broker_id, user, now).await,
+            Store::Postgres(_, fast) => {
+                return user_create_postgres(fast, broker_id, user, now).await
+            }
             Store::Sqlite(pool) => pool,
         };
         let mut tx = pool.begin().await?;
@@ -320,12 +323,12 @@ impl Store {
 /// committed after our snapshot); the user is inserted at the next generation; the broker is
 /// bumped to it only when the insert happened, so a conflict changes nothing.
 async fn user_create_postgres(
-    pool: &sqlx::PgPool,
+    fast: &FastPool,
     broker_id: &BrokerId,
     user: &NewUser,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    let (live, generation): (bool, Option<i64>) = sqlx::query_as(
+    let query = sqlx::query_as(
         "WITH broker AS ( \
              SELECT generation + 1 AS generation FROM brokers \
              WHERE id = $1 AND state <> $9 FOR UPDATE \
@@ -352,9 +355,9 @@ async fn user_create_postgres(
     .bind(user.replication_user)
     .bind(ChangeType::Create.as_str())
     .bind(now)
-    .bind(BrokerState::DeletionInProgress.as_str())
-    .fetch_one(pool)
-    .await?;
+    .bind(BrokerState::DeletionInProgress.as_str());
+    let (live, generation): (bool, Option<i64>) =
+        on_fast!(fast, conn => query.fetch_one(conn)).await?;
     match (live, generation) {
         (false, _) => Err(StoreError::NotFound("broker")),
         (true, None) => Err(StoreError::Constraint(super::Constraint::BrokerUser)),
