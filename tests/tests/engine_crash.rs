@@ -315,7 +315,11 @@ async fn confirmed_messages_survive_repeated_sigkill() -> Result<()> {
         acked > 0,
         "no consumer phase acked anything: the ack check proved nothing"
     );
-    conn.close(200, "done".into()).await?;
+    // Teardown only: everything is checked above. lapin can find the drain channel mid-close
+    // here ("invalid channel state: Closing", seen once in a clean-clone run).
+    if let Err(e) = conn.close(200, "done".into()).await {
+        println!("closing the drain connection: {e} (ignored)");
+    }
     agent.stop().await?;
     Ok(())
 }
