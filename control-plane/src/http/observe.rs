@@ -1,5 +1,6 @@
 //! Records every request's latency by route template and status.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -9,7 +10,7 @@ use axum::response::Response;
 use crate::app::AppState;
 
 pub async fn record_latency(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
