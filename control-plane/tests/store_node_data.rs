@@ -4,8 +4,10 @@
 
 mod common;
 
-use chrono::{SubsecRound as _, Utc};
-use mooring_agent_protocol::{Generation, NodeId};
+use chrono::{SubsecRound as _, TimeDelta, Utc};
+use mooring_agent_protocol::{
+    EngineStatus, Epoch, Generation, Heartbeat, NodeId, ReplicationStatus, Role,
+};
 use mooring_control_plane::model::{
     AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType,
 };
@@ -119,5 +121,72 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
             .expect("leader"));
         let r = s.replication_get(&b.id).await.expect("get").expect("row");
         assert!(r.in_sync.contains(&ids[0]) && r.leader == ids[0]);
+
+        // The leader may still propose it from before it noticed: that cannot put it back.
+        assert_eq!(
+            r.leaving.as_ref().map(|l| &l.node),
+            Some(&ids[1]),
+            "{}",
+            t.backend
+        );
+        s.node_register(
+            &ids[1],
+            "0.1.0",
+            Generation(0),
+            now + TimeDelta::milliseconds(1),
+        )
+        .await
+        .expect("register");
+        let stale = leader_heartbeat(&[&ids[0], &ids[1], &ids[2]]);
+        let later = now + TimeDelta::milliseconds(10);
+        let a = s
+            .replication_heartbeat(&ids[0], &stale, TimeDelta::seconds(1), later)
+            .await
+            .expect("heartbeat");
+        assert_eq!(
+            a.in_sync,
+            Some(vec![ids[0].clone(), ids[2].clone()]),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            a.leaving,
+            vec![ids[1].clone()],
+            "{}: the leader is told",
+            t.backend
+        );
+        // Once the leader has let go of it, the leave is over: it rejoins when proposed
+        // (by then, having copied).
+        let let_go = leader_heartbeat(&[&ids[0], &ids[2]]);
+        s.replication_heartbeat(&ids[0], &let_go, TimeDelta::seconds(1), later)
+            .await
+            .expect("heartbeat");
+        let r = s.replication_get(&b.id).await.expect("get").expect("row");
+        assert!(r.leaving.is_none(), "{}", t.backend);
+        let a = s
+            .replication_heartbeat(&ids[0], &stale, TimeDelta::seconds(1), later)
+            .await
+            .expect("heartbeat");
+        assert_eq!(a.in_sync.map(|s| s.len()), Some(3), "{}", t.backend);
+    }
+}
+
+/// The leader of epoch 1 reporting `proposed` as its in-sync proposal.
+fn leader_heartbeat(proposed: &[&NodeId]) -> Heartbeat {
+    Heartbeat {
+        applied_generation: Generation(1),
+        engine: EngineStatus {
+            ready: true,
+            ..Default::default()
+        },
+        rejected: None,
+        replication: Some(ReplicationStatus {
+            epoch: Epoch(1),
+            role: Role::Leader,
+            position: 10,
+            proposed_in_sync: proposed.iter().map(|n| (*n).clone()).collect(),
+            followers: vec![],
+            lease_released: false,
+        }),
     }
 }

@@ -205,6 +205,9 @@ struct HeartbeatRow {
     switchover_requested_at: Option<DateTime<Utc>>,
     leaving_node: Option<String>,
     leaving_acked: Option<bool>,
+    leaving_since: Option<DateTime<Utc>>,
+    /// When the leaving node's agent last registered (it restarted after the leave began).
+    leaving_registered_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -312,9 +315,11 @@ impl Store {
             let broker_id = broker_id.ok_or(StoreError::NotFound("node"))?;
             let row: HeartbeatRow = sqlx::query_as(
                 "SELECT b.generation, r.epoch, r.leader_node, r.in_sync, r.lease_expires_at, \
-                 r.lease_released, r.switchover_requested_at, r.leaving_node, r.leaving_acked \
+                 r.lease_released, r.switchover_requested_at, r.leaving_node, r.leaving_acked, \
+                 r.leaving_since, ln.registered_at AS leaving_registered_at \
                  FROM brokers b \
-                 LEFT JOIN broker_replication r ON r.broker_id = b.id WHERE b.id = $1",
+                 LEFT JOIN broker_replication r ON r.broker_id = b.id \
+                 LEFT JOIN broker_nodes ln ON ln.id = r.leaving_node WHERE b.id = $1",
             )
             .bind(&broker_id)
             .fetch_one(&mut *tx)
@@ -377,10 +382,27 @@ impl Store {
                 if let Some(gone) = &leaving {
                     answer.leaving = vec![gone.clone()];
                     // The leader has let go of it: nothing it confirms waits on that node.
-                    if !row.leaving_acked.unwrap_or(false)
-                        && !r.proposed_in_sync.is_empty()
-                        && !r.proposed_in_sync.contains(gone)
-                    {
+                    let let_go =
+                        !r.proposed_in_sync.is_empty() && !r.proposed_in_sync.contains(gone);
+                    // Already back (it lost its data, or was restarted by a control plane
+                    // that did not record the stop): once let go, the leader takes it back
+                    // only after it has copied, so the leave has done its work.
+                    let restarted = match (row.leaving_registered_at, row.leaving_since) {
+                        (Some(registered), Some(since)) => registered >= since,
+                        _ => false,
+                    };
+                    if let_go && restarted {
+                        sqlx::query(
+                            "UPDATE broker_replication SET leaving_node = NULL, \
+                             leaving_since = NULL, leaving_acked = FALSE \
+                             WHERE broker_id = $1 AND epoch = $2 AND leaving_node = $3",
+                        )
+                        .bind(&broker_id)
+                        .bind(epoch)
+                        .bind(&gone.0)
+                        .execute(&mut *tx)
+                        .await?;
+                    } else if let_go && !row.leaving_acked.unwrap_or(false) {
                         sqlx::query(
                             "UPDATE broker_replication SET leaving_acked = TRUE \
                              WHERE broker_id = $1 AND epoch = $2 AND leaving_node = $3",
@@ -729,8 +751,14 @@ impl Store {
             };
             let left = with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
+                // Also leaving (unless another node is): the leader may still propose it
+                // from before it noticed the node was gone, and such a proposal must not put
+                // it back; the leave ends once the leader has let go of it.
                 let n = sqlx::query(
-                    "UPDATE broker_replication SET in_sync = $4, updated_at = $5 \
+                    "UPDATE broker_replication SET in_sync = $4, updated_at = $5, \
+                     leaving_node = COALESCE(leaving_node, $6), \
+                     leaving_since = CASE WHEN leaving_node IS NULL THEN $5 ELSE leaving_since END, \
+                     leaving_acked = CASE WHEN leaving_node IS NULL THEN FALSE ELSE leaving_acked END \
                      WHERE broker_id = $1 AND epoch = $2 AND in_sync = $3",
                 )
                 .bind(broker_id.as_str())
@@ -738,6 +766,7 @@ impl Store {
                 .bind(node_set_text(&r.in_sync))
                 .bind(node_set_text(&remaining))
                 .bind(now)
+                .bind(&node.0)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
