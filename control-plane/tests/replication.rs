@@ -9,126 +9,15 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::{SubsecRound as _, TimeDelta, Utc};
-use mooring_agent_protocol::{
-    EngineStatus, Epoch, Generation, Heartbeat, NodeId, ReplicationStatus, Role,
-};
+use chrono::{TimeDelta, Utc};
+use common::replicated::{hb, replicated_broker};
+use mooring_agent_protocol::{Epoch, NodeId, Role};
 use mooring_control_plane::app::AppState;
 use mooring_control_plane::config::{FailoverConfig, ServeConfig};
-use mooring_control_plane::model::{
-    AuthenticationStrategy, BrokerState, DayOfWeek, DeploymentMode, EngineType, StorageType,
-};
+use mooring_control_plane::model::BrokerState;
 use mooring_control_plane::reconcile::{failover, leadership};
 use mooring_control_plane::store::events::kind;
-use mooring_control_plane::store::{
-    BrokerId, Leave, NewBroker, NewEvent, NewNode, NewUser, Promotion, Store,
-};
-
-async fn replicated_broker(store: &Store, name: &str, nodes: i32) -> (BrokerId, Vec<NodeId>) {
-    let id = BrokerId::generate();
-    let broker = NewBroker {
-        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
-        id: id.clone(),
-        name: name.to_owned(),
-        engine_type: EngineType::Rabbitmq,
-        engine_version: "3.13".to_owned(),
-        host_instance_type: "mq.m5.large".to_owned(),
-        deployment_mode: if nodes == 3 {
-            DeploymentMode::ClusterMultiAz
-        } else {
-            DeploymentMode::ActiveStandbyMultiAz
-        },
-        authentication_strategy: AuthenticationStrategy::Simple,
-        storage_type: StorageType::Ebs,
-        publicly_accessible: false,
-        auto_minor_version_upgrade: true,
-        maintenance_day: DayOfWeek::Sunday,
-        maintenance_time: "00:00".to_owned(),
-        maintenance_time_zone: "UTC".to_owned(),
-        logs_general: false,
-        logs_audit: false,
-        security_groups: vec![],
-        subnet_ids: vec![],
-        configuration: None,
-        creator_request_id: None,
-        tags: vec![],
-        now: Utc::now().trunc_subsecs(3),
-    };
-    let user = NewUser {
-        username: "admin".to_owned(),
-        password_hash: "hash".to_owned(),
-        console_access: false,
-        groups: vec![],
-        replication_user: false,
-    };
-    store
-        .broker_insert(broker, vec![user])
-        .await
-        .expect("insert broker");
-    let mut ids = Vec::new();
-    for ordinal in 1..=nodes {
-        let node = NewNode {
-            id: NodeId(format!("{id}-{ordinal}")),
-            broker_id: id.clone(),
-            ordinal,
-            zone: format!(
-                "us-east-1{}",
-                ["a", "b", "c"][usize::try_from(ordinal - 1).expect("small")]
-            ),
-            host: "127.0.0.1".to_owned(),
-            // Ports nobody listens on: probes of a silent leader are refused.
-            amqp_port: port(),
-            admin_port: port(),
-            replication_port: Some(port()),
-        };
-        assert!(store
-            .node_insert(&node, Utc::now())
-            .await
-            .expect("insert node"));
-        ids.push(node.id);
-    }
-    store
-        .replication_ensure(&id, &ids[0], &ids, "sealed", Utc::now())
-        .await
-        .expect("ensure leadership");
-    assert!(store
-        .broker_set_state(
-            &id,
-            &[BrokerState::CreationInProgress],
-            BrokerState::Running
-        )
-        .await
-        .expect("running"));
-    (id, ids)
-}
-
-/// Ports unique within the test binary (the store's unique constraints); nothing listens
-/// on them, so a probe of a silent leader is refused.
-fn port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 41_000 + u16::try_from(std::process::id() % 400).expect("small") * 20;
-    base + NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn hb(epoch: u64, role: Role, position: u64, proposed: &[&NodeId], released: bool) -> Heartbeat {
-    Heartbeat {
-        applied_generation: Generation(1),
-        engine: EngineStatus {
-            ready: true,
-            ..Default::default()
-        },
-        rejected: None,
-        replication: Some(ReplicationStatus {
-            epoch: Epoch(epoch),
-            role,
-            position,
-            proposed_in_sync: proposed.iter().map(|n| (*n).clone()).collect(),
-            followers: vec![],
-            lease_released: released,
-        }),
-    }
-}
+use mooring_control_plane::store::{BrokerId, Leave, NewEvent, Promotion, Store};
 
 fn event(broker: &BrokerId, from: &NodeId, to: &NodeId) -> NewEvent {
     NewEvent {

@@ -5,72 +5,15 @@
 mod common;
 
 use chrono::{SubsecRound as _, TimeDelta, Utc};
-use mooring_agent_protocol::{
-    EngineStatus, Epoch, Generation, Heartbeat, NodeId, ReplicationStatus, Role,
-};
-use mooring_control_plane::model::{
-    AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType,
-};
-use mooring_control_plane::store::{BrokerId, NewBroker, NewNode};
-
-fn new_broker(name: &str) -> NewBroker {
-    let id = BrokerId::generate();
-    NewBroker {
-        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
-        id,
-        name: name.to_owned(),
-        engine_type: EngineType::Rabbitmq,
-        engine_version: "3.13".to_owned(),
-        host_instance_type: "mq.m5.large".to_owned(),
-        deployment_mode: DeploymentMode::ClusterMultiAz,
-        authentication_strategy: AuthenticationStrategy::Simple,
-        storage_type: StorageType::Ebs,
-        publicly_accessible: false,
-        auto_minor_version_upgrade: false,
-        maintenance_day: DayOfWeek::Sunday,
-        maintenance_time: "00:00".to_owned(),
-        maintenance_time_zone: "UTC".to_owned(),
-        logs_general: false,
-        logs_audit: false,
-        security_groups: vec![],
-        subnet_ids: vec![],
-        configuration: None,
-        creator_request_id: None,
-        tags: vec![],
-        now: Utc::now().trunc_subsecs(3),
-    }
-}
+use common::replicated::{hb, replicated_broker};
+use mooring_agent_protocol::{Generation, Role};
 
 #[tokio::test]
 async fn agent_versions_and_nodes_that_lost_their_data() {
     for t in common::stores().await {
         let s = &t.store;
-        let b = s
-            .broker_insert(new_broker("lost-data"), vec![])
-            .await
-            .expect("insert");
-        let ids: Vec<NodeId> = (0..3).map(|o| NodeId(format!("{}-{o}", b.id))).collect();
-        for (ordinal, id) in ids.iter().enumerate() {
-            s.node_insert(
-                &NewNode {
-                    id: id.clone(),
-                    broker_id: b.id.clone(),
-                    ordinal: ordinal as i32,
-                    zone: format!("us-east-1{}", ["a", "b", "c"][ordinal]),
-                    host: "127.0.0.1".to_owned(),
-                    amqp_port: 20_000 + ordinal as u16,
-                    admin_port: 21_000 + ordinal as u16,
-                    replication_port: Some(22_000 + ordinal as u16),
-                },
-                Utc::now(),
-            )
-            .await
-            .expect("node");
-        }
+        let (broker_id, ids) = replicated_broker(s, "lost-data", 3).await;
         let now = Utc::now().trunc_subsecs(3);
-        s.replication_ensure(&b.id, &ids[0], &ids, "sealed", now)
-            .await
-            .expect("leadership");
 
         // At creation nothing was applied anywhere, and no node ran before: nobody leaves.
         for id in &ids {
@@ -87,7 +30,7 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
             .await
             .expect("register");
         let mut versions = s.maintenance_agent_versions().await.expect("versions");
-        versions.retain(|(broker, _)| *broker == b.id);
+        versions.retain(|(broker, _)| *broker == broker_id);
         let versions: Vec<&str> = versions.iter().map(|(_, v)| v.as_str()).collect();
         assert_eq!(versions, ["0.1.0", "0.2.0"], "{}", t.backend);
 
@@ -96,7 +39,11 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
             .replication_node_lost_data(&ids[1], now)
             .await
             .expect("check"));
-        let r = s.replication_get(&b.id).await.expect("get").expect("row");
+        let r = s
+            .replication_get(&broker_id)
+            .await
+            .expect("get")
+            .expect("row");
         assert_eq!(
             r.in_sync,
             vec![ids[0].clone(), ids[2].clone()],
@@ -107,7 +54,7 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
             .replication_node_lost_data(&ids[1], now)
             .await
             .expect("again"));
-        let events = s.event_list(&b.id, None, 100).await.expect("events");
+        let events = s.event_list(&broker_id, None, 100).await.expect("events");
         let lost: Vec<_> = events
             .iter()
             .filter(|e| e.reason.contains("came back without its data"))
@@ -119,7 +66,11 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
             .replication_node_lost_data(&ids[0], now)
             .await
             .expect("leader"));
-        let r = s.replication_get(&b.id).await.expect("get").expect("row");
+        let r = s
+            .replication_get(&broker_id)
+            .await
+            .expect("get")
+            .expect("row");
         assert!(r.in_sync.contains(&ids[0]) && r.leader == ids[0]);
 
         // The leader may still propose it from before it noticed: that cannot put it back.
@@ -137,7 +88,7 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
         )
         .await
         .expect("register");
-        let stale = leader_heartbeat(&[&ids[0], &ids[1], &ids[2]]);
+        let stale = hb(1, Role::Leader, 10, &[&ids[0], &ids[1], &ids[2]], false);
         let later = now + TimeDelta::milliseconds(10);
         let a = s
             .replication_heartbeat(&ids[0], &stale, TimeDelta::seconds(1), later)
@@ -157,36 +108,20 @@ async fn agent_versions_and_nodes_that_lost_their_data() {
         );
         // Once the leader has let go of it, the leave is over: it rejoins when proposed
         // (by then, having copied).
-        let let_go = leader_heartbeat(&[&ids[0], &ids[2]]);
+        let let_go = hb(1, Role::Leader, 10, &[&ids[0], &ids[2]], false);
         s.replication_heartbeat(&ids[0], &let_go, TimeDelta::seconds(1), later)
             .await
             .expect("heartbeat");
-        let r = s.replication_get(&b.id).await.expect("get").expect("row");
+        let r = s
+            .replication_get(&broker_id)
+            .await
+            .expect("get")
+            .expect("row");
         assert!(r.leaving.is_none(), "{}", t.backend);
         let a = s
             .replication_heartbeat(&ids[0], &stale, TimeDelta::seconds(1), later)
             .await
             .expect("heartbeat");
         assert_eq!(a.in_sync.map(|s| s.len()), Some(3), "{}", t.backend);
-    }
-}
-
-/// The leader of epoch 1 reporting `proposed` as its in-sync proposal.
-fn leader_heartbeat(proposed: &[&NodeId]) -> Heartbeat {
-    Heartbeat {
-        applied_generation: Generation(1),
-        engine: EngineStatus {
-            ready: true,
-            ..Default::default()
-        },
-        rejected: None,
-        replication: Some(ReplicationStatus {
-            epoch: Epoch(1),
-            role: Role::Leader,
-            position: 10,
-            proposed_in_sync: proposed.iter().map(|n| (*n).clone()).collect(),
-            followers: vec![],
-            lease_released: false,
-        }),
     }
 }

@@ -160,6 +160,17 @@ async fn refusal_text(cluster: &Cluster, i: usize) -> Option<String> {
         .map(|e| format!("{e:#}"))
 }
 
+/// Waits until node `i` refuses AMQP clients with a reason naming `leader`.
+async fn refuses_naming(cluster: &Cluster, i: usize, leader: &str, what: &str) -> Result<()> {
+    wait_for(Duration::from_secs(30), what, || async move {
+        Ok(refusal_text(cluster, i)
+            .await
+            .filter(|t| t.contains(leader)))
+    })
+    .await
+    .map(drop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
     let mut cluster = Cluster::start(3).await?;
@@ -265,18 +276,11 @@ async fn confirmed_messages_survive_sigkill_of_the_leader() -> Result<()> {
         .position(|n| n.child.is_some() && n.id != cluster.nodes[new].id)
         .expect("a live follower");
     let new_id = cluster.nodes[new].id.clone();
-    wait_for(
-        Duration::from_secs(30),
+    refuses_naming(
+        &cluster,
+        other,
+        &new_id,
         "the follower to name the new leader",
-        || {
-            let cluster = &cluster;
-            let new_id = new_id.clone();
-            async move {
-                Ok(refusal_text(cluster, other)
-                    .await
-                    .filter(|t| t.contains(&new_id)))
-            }
-        },
     )
     .await?;
     Ok(())
@@ -348,18 +352,11 @@ async fn a_leader_frozen_past_its_lease_confirms_nothing_after_a_promotion() -> 
     // The old leader wakes up, heartbeats, learns it was demoted: give it time to misbehave.
     let old_id = cluster.nodes[0].id.clone();
     let new_id = cluster.nodes[1].id.clone();
-    wait_for(
-        Duration::from_secs(30),
+    refuses_naming(
+        &cluster,
+        0,
+        &new_id,
         "the old leader to refuse, naming the new one",
-        || {
-            let cluster = &cluster;
-            let new_id = new_id.clone();
-            async move {
-                Ok(refusal_text(cluster, 0)
-                    .await
-                    .filter(|t| t.contains(&new_id)))
-            }
-        },
     )
     .await
     .with_context(|| cluster.logs())?;
@@ -429,21 +426,9 @@ async fn a_restarted_old_leader_waits_for_the_control_plane_before_leading() -> 
     // Answered: it follows the new leader and refuses clients, naming it.
     cluster.cp.lock().muted.remove(&old_id);
     let new_id = cluster.nodes[new].id.clone();
-    wait_for(
-        Duration::from_secs(30),
-        "the old leader to follow the new one",
-        || {
-            let cluster = &cluster;
-            let new_id = new_id.clone();
-            async move {
-                Ok(refusal_text(cluster, 0)
-                    .await
-                    .filter(|t| t.contains(&new_id)))
-            }
-        },
-    )
-    .await
-    .with_context(|| cluster.logs())?;
+    refuses_naming(&cluster, 0, &new_id, "the old leader to follow the new one")
+        .await
+        .with_context(|| cluster.logs())?;
     Ok(())
 }
 

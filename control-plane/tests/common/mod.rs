@@ -2,6 +2,8 @@
 //! and an in-process API.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod replicated;
+
 use std::time::Duration;
 
 use axum::body::Body;
