@@ -340,6 +340,17 @@ impl Api {
 
     /// Sends a signed request; a non-2xx answer is an [`ApiFailure`].
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send(method, path, "", body).await
+    }
+
+    /// [`Api::call`] with a query string (`query` without the `?`, empty for none).
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let signer = Signer {
             access_key_id: &self.key_id,
@@ -350,16 +361,19 @@ impl Api {
         let headers = signer.sign(
             method,
             path,
-            "",
+            query,
             &[("host", self.host.as_str())],
             &bytes,
             chrono::Utc::now(),
         );
         let method_value = reqwest::Method::from_bytes(method.as_bytes())
             .with_context(|| format!("bad method {method}"))?;
-        let mut request = self
-            .http
-            .request(method_value, format!("{}{path}", self.base));
+        let url = if query.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{query}", self.base)
+        };
+        let mut request = self.http.request(method_value, url);
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -449,13 +463,13 @@ impl Api {
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..1000 {
-            let path = match &token {
-                Some(t) => format!("/v1/brokers/{broker_id}/events?nextToken={t}"),
-                None => format!("/v1/brokers/{broker_id}/events"),
-            };
             // The token is opaque: sign it exactly as sent.
-            let (p, q) = path.split_once('?').unwrap_or((path.as_str(), ""));
-            let page = self.call_query("GET", p, q).await?;
+            let query = token
+                .as_ref()
+                .map(|t| format!("nextToken={t}"))
+                .unwrap_or_default();
+            let path = format!("/v1/brokers/{broker_id}/events");
+            let page = self.send("GET", &path, &query, None).await?;
             if let Some(events) = page["events"].as_array() {
                 all.extend(events.iter().cloned());
             }
@@ -465,39 +479,6 @@ impl Api {
             }
         }
         bail!("more than 1000 pages of events")
-    }
-
-    async fn call_query(&self, method: &str, path: &str, query: &str) -> Result<Value> {
-        let signer = Signer {
-            access_key_id: &self.key_id,
-            secret_access_key: &self.secret,
-            region: "us-east-1",
-            service: "mq",
-        };
-        let headers = signer.sign(
-            method,
-            path,
-            query,
-            &[("host", self.host.as_str())],
-            b"",
-            chrono::Utc::now(),
-        );
-        let url = if query.is_empty() {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}{path}?{query}", self.base)
-        };
-        let mut request = self.http.get(url);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let response = request.send().await.context("GET events")?;
-        let status = response.status().as_u16();
-        let text = response.text().await.context("reading the answer")?;
-        if !(200..300).contains(&status) {
-            bail!("GET {path}?{query}: HTTP {status}: {text}");
-        }
-        serde_json::from_str(&text).context("events answer is not JSON")
     }
 
     /// Waits until the broker is RUNNING with `nodes` instances, a leader among them and no
