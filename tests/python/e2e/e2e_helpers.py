@@ -8,15 +8,20 @@ directory (agents run in their own process group, so nothing else reaches them).
 """
 
 import configparser
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import time
-import uuid
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 30.0
@@ -185,6 +190,52 @@ def admin_credentials(cp):
     path = cp.data_dir / "credentials"
     assert parser.read(path), f"{path} missing: mooring serve did not bootstrap its admin key"
     return parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"]
+
+
+def _signed(cp, method, path, body):
+    key, secret = admin_credentials(cp)
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    req = AWSRequest(method=method, url=cp.endpoint + path, data=data, headers=headers)
+    SigV4Auth(Credentials(key, secret), "mq", "us-east-1").add_auth(req)
+    prepared = req.prepare()
+    return urllib.request.Request(prepared.url, data=data, method=method,
+                                  headers=dict(prepared.headers.items()))
+
+
+def _json(raw):
+    return json.loads(raw) if raw.strip() else None
+
+
+def api(cp, method, path, body=None):
+    """A SigV4-signed request to the public API with the admin key; its JSON answer. Unlike
+    the AWS CLI it shows Mooring's extension members (role, nodeId, pendingActions...). A
+    refusal raises urllib.error.HTTPError."""
+    with urllib.request.urlopen(_signed(cp, method, path, body), timeout=30) as answer:
+        return _json(answer.read())
+
+
+def api_status(cp, method, path, body=None):
+    """Like `api`, for refusals too: (HTTP status, JSON answer)."""
+    try:
+        with urllib.request.urlopen(_signed(cp, method, path, body), timeout=30) as answer:
+            return answer.status, _json(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _json(e.read())
+
+
+def describe(cp, broker_id):
+    """DescribeBroker with the extension members."""
+    return api(cp, "GET", f"/v1/brokers/{broker_id}")
+
+
+def next_weekday_at(after, weekday, hour, minute=0):
+    """The first `weekday` (Monday=0) at hour:minute UTC strictly after `after`."""
+    day = after.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    day += dt.timedelta(days=(weekday - day.weekday()) % 7)
+    if day <= after:
+        day += dt.timedelta(days=7)
+    return day
 
 
 class Aws:

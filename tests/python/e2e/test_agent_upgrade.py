@@ -28,7 +28,9 @@ from e2e_helpers import (
     Aws,
     ControlPlane,
     agents_by_node,
+    api,
     kill_everything_under,
+    next_weekday_at,
     poll,
     wait_running,
 )
@@ -36,10 +38,8 @@ from test_maintenance_replicated import (
     ADMIN,
     Producer,
     all_events,
-    api,
     drain,
     leader_port,
-    next_weekday_at,
     rolling_restarts_in_order,
     set_clock,
 )

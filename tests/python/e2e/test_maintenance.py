@@ -15,21 +15,19 @@ import json
 import threading
 import time
 import urllib.error
-import urllib.request
 
 import pika
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from e2e_helpers import (
     Aws,
     ControlPlane,
-    admin_credentials,
     agents_by_node,
     amqp_port,
+    api,
+    describe,
     kill_everything_under,
+    next_weekday_at,
     poll,
     wait_running,
 )
@@ -39,15 +37,6 @@ OLD, NEW = "3.13", "3.13.1"
 QUEUE = "patched-while-producing"
 # Confirmed publishes wanted before the window opens and again after the restart.
 PUBLISHES_EACH_SIDE = 100
-
-
-def next_weekday_at(after, weekday, hour, minute=0):
-    """The first `weekday` (Monday=0) at hour:minute UTC strictly after `after`."""
-    day = after.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    day += dt.timedelta(days=(weekday - day.weekday()) % 7)
-    if day <= after:
-        day += dt.timedelta(days=7)
-    return day
 
 
 def iso_millis(t):
@@ -63,29 +52,6 @@ class MovableClock:
     def set(self, when):
         offset = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
         self.path.write_text(f"{offset:.3f}\n")
-
-
-class Raw:
-    """Signed requests whose JSON the AWS CLI would hide (Mooring's extension members)."""
-
-    def __init__(self, cp):
-        self.cp = cp
-        key, secret = admin_credentials(cp)
-        self.signer = SigV4Auth(Credentials(key, secret), "mq", "us-east-1")
-
-    def call(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = AWSRequest(method=method, url=f"{self.cp.endpoint}{path}", data=data,
-                         headers={"Content-Type": "application/json"})
-        self.signer.add_auth(req)
-        prepared = req.prepare()
-        request = urllib.request.Request(prepared.url, data=data, method=method,
-                                         headers=dict(prepared.headers.items()))
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return json.loads(answer.read() or b"null")
-
-    def broker(self, broker_id):
-        return self.call("GET", f"/v1/brokers/{broker_id}")
 
 
 @pytest.fixture
@@ -188,14 +154,13 @@ def test_auto_minor_upgrade_in_the_window_while_producing(maintenance_cp, tmp_pa
     home = tmp_path / "aws-home"
     home.mkdir()
     aws = Aws(cp, home)
-    raw = Raw(cp)
 
     a = create(aws, "patch-monday", "MONDAY", "02:00")
     b = create(aws, "patch-thursday", "THURSDAY", "14:00")
     port = amqp_port(wait_running(aws, a, timeout=90))
     wait_running(aws, b, timeout=90)
     assert aws.ok("describe-broker", "--broker-id", a).get("PendingEngineVersion") is None
-    assert raw.broker(a)["pendingActions"] == []
+    assert describe(cp, a)["pendingActions"] == []
 
     # The catalog grows at runtime: offered at once, and scheduled for each next window.
     catalog = cp.data_dir / "catalog"
@@ -209,7 +174,7 @@ def test_auto_minor_upgrade_in_the_window_while_producing(maintenance_cp, tmp_pa
     thursday = next_weekday_at(start, 3, 14)
     for broker_id, due in ((a, monday), (b, thursday)):
         def scheduled(broker_id=broker_id):
-            actions = raw.broker(broker_id)["pendingActions"]
+            actions = describe(cp, broker_id)["pendingActions"]
             return actions if actions and "scheduledAt" in actions[0] else None
         actions = poll(scheduled, 30, f"the upgrade of {broker_id} to be scheduled")
         assert actions == [{"action": "ENGINE_VERSION", "target": NEW,
@@ -239,8 +204,8 @@ def test_auto_minor_upgrade_in_the_window_while_producing(maintenance_cp, tmp_pa
         def upgraded():
             d = aws.ok("describe-broker", "--broker-id", a)
             ok = (d["BrokerState"] == "RUNNING" and d["EngineVersion"] == NEW
-                  and "PendingEngineVersion" not in d and raw.broker(a)["pendingActions"] == []
-                  and raw.call("GET", "/v1/maintenance")["brokersInMaintenance"] == [])
+                  and "PendingEngineVersion" not in d and describe(cp, a)["pendingActions"] == []
+                  and api(cp, "GET", "/v1/maintenance")["brokersInMaintenance"] == [])
             return d if ok else None
         poll(upgraded, 90, "A RUNNING on the new version with nothing pending")
         poll(lambda: len(producer.confirmed) >= patched_at + PUBLISHES_EACH_SIDE, 60,
@@ -268,18 +233,17 @@ def test_auto_minor_upgrade_in_the_window_while_producing(maintenance_cp, tmp_pa
     # B: untouched.
     described = aws.ok("describe-broker", "--broker-id", b)
     assert (described["EngineVersion"], described["PendingEngineVersion"]) == (OLD, NEW)
-    assert len(raw.broker(b)["pendingActions"]) == 1
+    assert len(describe(cp, b)["pendingActions"]) == 1
     assert node_pids(cp, b) == pids_b, "B's agent was restarted outside its window"
 
 
 @pytest.mark.timeout(120)
 def test_maintenance_switch_through_signed_requests(maintenance_cp):
     cp, _, _ = maintenance_cp
-    raw = Raw(cp)
-    assert raw.call("GET", "/v1/maintenance")["paused"] is False
-    assert raw.call("PUT", "/v1/maintenance", {"paused": True})["paused"] is True
-    assert raw.call("GET", "/v1/maintenance")["paused"] is True
+    assert api(cp, "GET", "/v1/maintenance")["paused"] is False
+    assert api(cp, "PUT", "/v1/maintenance", {"paused": True})["paused"] is True
+    assert api(cp, "GET", "/v1/maintenance")["paused"] is True
     with pytest.raises(urllib.error.HTTPError) as refused:
-        raw.call("PUT", "/v1/maintenance", {"paused": "soon"})
+        api(cp, "PUT", "/v1/maintenance", {"paused": "soon"})
     assert refused.value.code == 400
     assert refused.value.headers["x-amzn-ErrorType"] == "BadRequestException"

@@ -17,20 +17,17 @@ import json
 import threading
 import time
 import urllib.parse
-import urllib.request
 
 import pika
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from e2e_helpers import (
     Aws,
     ControlPlane,
-    admin_credentials,
     agents_by_node,
+    api,
     kill_everything_under,
+    next_weekday_at,
     poll,
     wait_running,
 )
@@ -41,26 +38,9 @@ QUEUE = "replicated-patch"
 PUBLISHES_EACH_SIDE = 100
 
 
-def next_weekday_at(after, weekday, hour, minute=0):
-    day = after.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    day += dt.timedelta(days=(weekday - day.weekday()) % 7)
-    if day <= after:
-        day += dt.timedelta(days=7)
-    return day
-
-
 def set_clock(path, when):
     offset = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
     path.write_text(f"{offset:.3f}\n")
-
-
-def api(cp, method, path):
-    key, secret = admin_credentials(cp)
-    req = AWSRequest(method=method, url=cp.endpoint + path)
-    SigV4Auth(Credentials(key, secret), "mq", "us-east-1").add_auth(req)
-    request = urllib.request.Request(cp.endpoint + path, method=method, headers=dict(req.headers.items()))
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.loads(answer.read())
 
 
 def connect(port):

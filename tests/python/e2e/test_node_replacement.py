@@ -27,13 +27,12 @@ import time
 import pika
 import pytest
 
-from e2e_helpers import agents_by_node, poll, wait_running
+from e2e_helpers import agents_by_node, describe, poll, wait_running
 from test_maintenance_replicated import (
     ADMIN,
     QUEUE,
     Producer,
     all_events,
-    api,
     connect,
     drain,
     leader_port,
@@ -41,10 +40,6 @@ from test_maintenance_replicated import (
 
 BACKLOG = 1500
 BACKLOG_BODY = 8 * 1024
-
-
-def describe(cp, broker_id):
-    return api(cp, "GET", f"/v1/brokers/{broker_id}")
 
 
 def leader_node(described):

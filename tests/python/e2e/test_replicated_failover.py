@@ -7,48 +7,18 @@ DescribeBroker shows the new leader; the old node comes back as a follower; the 
 in the events API and the metrics. Then a planned switchover through the extension route.
 Runs on SQLite and on Postgres."""
 
-import json
 import os
 import signal
 import time
-import urllib.error
 import urllib.request
 
 import pika
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
-from e2e_helpers import admin_credentials, agents_by_node, poll, wait_running
+from e2e_helpers import agents_by_node, api_status, describe, poll, wait_running
 
 ADMIN = ("admin", "admin-password-1")
 QUEUE = "orders"
-
-
-def api(cp, method, path, body=None):
-    """A SigV4-signed request to the public API; (status, JSON body). Extension members
-    (role, nodeId) are visible here, where the AWS CLI drops members it does not know."""
-    key, secret = admin_credentials(cp)
-    url = cp.endpoint + path
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    signed = AWSRequest(method=method, url=url, data=data, headers=headers)
-    SigV4Auth(Credentials(key, secret), "mq", "us-east-1").add_auth(signed)
-    req = urllib.request.Request(url, data=data, method=method, headers=dict(signed.headers.items()))
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw = resp.read()
-            return resp.status, (json.loads(raw) if raw.strip() else None)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, (json.loads(raw) if raw.strip() else None)
-
-
-def describe(cp, broker_id):
-    status, body = api(cp, "GET", f"/v1/brokers/{broker_id}")
-    assert status == 200, body
-    return body
 
 
 def leader_of(described):
@@ -180,7 +150,7 @@ def test_cluster_fails_over_without_losing_confirmed_messages(aws, control_plane
     confirmed += publish_confirmed(new_port, second)
 
     # The failover is recorded, with its duration, and counted in the metrics.
-    status, events = api(cp, "GET", f"/v1/brokers/{broker_id}/events")
+    status, events = api_status(cp, "GET", f"/v1/brokers/{broker_id}/events")
     assert status == 200, events
     failovers = [e for e in events["events"] if e["kind"] == "failover"]
     assert len(failovers) == 1, events
@@ -230,12 +200,12 @@ def test_switchover_route_moves_the_leader(aws, control_plane):
     confirmed = [b"warm-up"] + publish_confirmed(port_of(old), [f"m-{i}".encode() for i in range(100)])
 
     # A single-instance broker, an unknown node: refused with Amazon MQ's error shapes.
-    status, body = api(cp, "POST", f"/v1/brokers/{broker_id}/switchover", {"targetNodeId": "nope"})
+    status, body = api_status(cp, "POST", f"/v1/brokers/{broker_id}/switchover", {"targetNodeId": "nope"})
     assert status == 400, body
 
     # The standby must be back in sync (it is, once RUNNING); then the switch.
     def switch():
-        status, body = api(cp, "POST", f"/v1/brokers/{broker_id}/switchover", {"targetNodeId": standby["nodeId"]})
+        status, body = api_status(cp, "POST", f"/v1/brokers/{broker_id}/switchover", {"targetNodeId": standby["nodeId"]})
         return body if status == 200 else None
 
     started = time.monotonic()
@@ -246,7 +216,7 @@ def test_switchover_route_moves_the_leader(aws, control_plane):
     confirmed_at = publish_one_when_possible(port_of(standby), b"after-switch", 30)
     confirmed.append(b"after-switch")
     print(f"\nswitchover: first confirmed publish on the new leader {confirmed_at - started:.2f}s after the request")
-    status, events = api(cp, "GET", f"/v1/brokers/{broker_id}/events")
+    status, events = api_status(cp, "GET", f"/v1/brokers/{broker_id}/events")
     assert any(e["kind"] == "switchover" and e["toNodeId"] == standby["nodeId"] for e in events["events"]), events
     got = drain(port_of(standby))
     assert not set(confirmed) - set(got), "no confirmed message lost in the switchover"
@@ -283,7 +253,7 @@ def test_reboot_is_a_rolling_restart_with_switchover(aws, control_plane):
     pids_after = agents_by_node(cp.data_dir)
     for node, pids in pids_before.items():
         assert pids_after.get(node) and pids_after[node] != pids, f"{node} was not restarted"
-    status, events = api(cp, "GET", f"/v1/brokers/{broker_id}/events")
+    status, events = api_status(cp, "GET", f"/v1/brokers/{broker_id}/events")
     assert status == 200, events
     kinds = [(e["kind"], e.get("fromNodeId")) for e in events["events"]]
     steps = [node for kind, node in kinds if kind == "patch-step"]
