@@ -64,29 +64,44 @@ api="$(cat "$work/cp/listen")"
 
 echo "bench-api: $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench-api: Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (fsync=off), $CLIENTS clients, $DURATION s per operation, $BROKERS brokers"
+postmaster="$(head -n 1 "$work/pg/postmaster.pid")"
 "$BIN/mooring-api-load" --endpoint "$api" --clients "$CLIENTS" --seconds "$DURATION" \
   --brokers "$BROKERS" --credentials "$work/cp/credentials" --server-pid "$server_pid" \
-  >"$work/api.txt"
+  --postgres-pid "$postmaster" >"$work/api.txt"
 
-pgbench_tps() {
+# CPU seconds: the Postgres tree, and a shell's reaped children (pgbench among them).
+pg_cpu() { "$BIN/mooring-api-load" --endpoint "$api" --print-tree-cpu "$postmaster"; }
+children_cpu() { awk '{ sub(/.*\) /, ""); print ($14 + $15) / 100 }' "/proc/$1/stat"; }
+# Prints "TPS PGBENCH_US_PER_TX POSTGRES_US_PER_TX".
+pgbench_run() {
   printf '%b' "$1" >"$work/script.sql"
+  local pg0 own0 tps me=$BASHPID
+  pg0="$(pg_cpu)"
+  own0="$(children_cpu "$me")"
   pgbench -h 127.0.0.1 -p "$port" -U postgres -n -j 2 -c "$CLIENTS" -T "$DURATION" \
-    -f "$work/script.sql" mooring 2>/dev/null | awk '/^tps = /{print $3}'
+    -f "$work/script.sql" mooring >"$work/pgbench.txt" 2>/dev/null
+  tps="$(awk '/^tps = /{print $3}' "$work/pgbench.txt")"
+  awk -v tps="$tps" -v t="$DURATION" -v pg="$(pg_cpu)" -v pg0="$pg0" \
+    -v own="$(children_cpu "$me")" -v own0="$own0" 'BEGIN {
+      n = tps * t; printf "%s %.1f %.1f\n", tps, (own - own0) * 1e6 / n, (pg - pg0) * 1e6 / n }'
 }
 # DescribeBroker and ListBrokers amount to an indexed single-row select; CreateUser to a
 # single-row insert.
-select_tps="$(pgbench_tps "\\\\set n random(0, $((BROKERS - 1)))\nSELECT * FROM brokers WHERE name = 'load-' || :n;\n")"
-insert_tps="$(pgbench_tps "INSERT INTO tags (resource_arn, key, value) VALUES (md5(random()::text), 'k', 'v');\n")"
+read -r select_tps select_client select_pg < <(pgbench_run "\\\\set n random(0, $((BROKERS - 1)))\nSELECT * FROM brokers WHERE name = 'load-' || :n;\n")
+read -r insert_tps insert_client insert_pg < <(pgbench_run "INSERT INTO tags (resource_arn, key, value) VALUES (md5(random()::text), 'k', 'v');\n")
 echo "bench-api: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-printf '%-16s %10s %8s %8s %12s %12s %10s %7s\n' operation 'req/s' 'p50 ms' 'p99 ms' 'client us/r' 'server us/r' 'pg tps' ratio
-while read -r _ op rate p50 p99 ccpu scpu; do
+# CPU per request in microseconds: the client (api-load or pgbench), mooring, Postgres.
+printf '%-16s %10s %8s %8s %9s %9s %9s %10s %9s %9s %7s\n' operation 'req/s' 'p50 ms' 'p99 ms' \
+  'client' 'server' 'postgres' 'pg tps' 'pgbench' 'postgres' ratio
+while read -r _ op rate p50 p99 ccpu scpu pcpu; do
   case "$op" in
-    create-user) raw="$insert_tps" ;;
-    *) raw="$select_tps" ;;
+    create-user) raw="$insert_tps" raw_client="$insert_client" raw_pg="$insert_pg" ;;
+    *) raw="$select_tps" raw_client="$select_client" raw_pg="$select_pg" ;;
   esac
   ratio="$(awk -v a="$rate" -v b="$raw" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-  printf '%-16s %10s %8s %8s %12s %12s %10.0f %7s\n' "$op" "$rate" "$p50" "$p99" "$ccpu" "$scpu" "$raw" "$ratio"
+  printf '%-16s %10s %8s %8s %9s %9s %9s %10.0f %9s %9s %7s\n' "$op" "$rate" "$p50" "$p99" \
+    "$ccpu" "$scpu" "$pcpu" "$raw" "$raw_client" "$raw_pg" "$ratio"
   summary+=("api $op mooring $rate postgres $(printf '%.0f' "$raw") ratio $ratio")
 done < <(grep '^result ' "$work/api.txt")
 printf '%s\n' "${summary[@]}"

@@ -41,7 +41,8 @@ async fn store_appends_filters_pages_and_expires_events() {
         let store = &t.store;
         let alice = "arn:aws:iam::000000000000:user/alice";
         let bob = "arn:aws:iam::000000000000:user/bob";
-        // 1,200 rows in one call: more than one INSERT statement's worth.
+        // 1,200 rows in one call: more than one INSERT statement's worth on SQLite, one
+        // statement of arrays on Postgres.
         let mut events: Vec<NewAuditEvent> = (0..1200)
             .map(|n| {
                 let (who, decision) = if n % 3 == 0 {

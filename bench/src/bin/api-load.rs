@@ -13,7 +13,8 @@
 //! server's verification is part of what is measured.
 //!
 //! Output: one line per operation, for `bench/run-api.sh` to read:
-//! `result OP REQ_PER_S P50_MS P99_MS CLIENT_CPU_US_PER_REQ SERVER_CPU_US_PER_REQ`.
+//! `result OP REQ_PER_S P50_MS P99_MS CLIENT_CPU_US_PER_REQ SERVER_CPU_US_PER_REQ
+//! POSTGRES_CPU_US_PER_REQ` (`-` where a pid was not given).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +77,14 @@ struct Args {
     /// The server's pid, to report its CPU per request (from /proc).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// The Postgres postmaster's pid, to report the database's CPU per request (the
+    /// postmaster and its children, the backends serving the requests among them).
+    #[arg(long)]
+    postgres_pid: Option<u32>,
+    /// Print the CPU seconds of the process tree under this pid so far, and exit (the
+    /// bench script brackets pgbench with it).
+    #[arg(long, conflicts_with = "postgres_pid")]
+    print_tree_cpu: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +214,7 @@ struct Outcome {
     p99: Duration,
     client_cpu: Duration,
     server_cpu: Option<f64>,
+    postgres_cpu: Option<f64>,
 }
 
 /// User plus system CPU seconds of process `pid` so far (/proc counts in 1/100 s).
@@ -215,6 +225,37 @@ fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     // After "(comm)", utime and stime are the 12th and 13th fields.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds of `root` and its live children, plus what its reaped children used (a
+/// Postgres backend that ended is counted in the postmaster's cutime/cstime).
+fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let fields_of = |pid: &str| -> Option<Vec<String>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        Some(rest.split_whitespace().map(str::to_owned).collect())
+    };
+    // After "(comm)": ppid is the 2nd field, utime..cstime the 12th to 15th.
+    let ticks = |f: &[String], range: std::ops::Range<usize>| -> u64 {
+        f[range].iter().filter_map(|v| v.parse::<u64>().ok()).sum()
+    };
+    let root_fields = fields_of(&root.to_string())?;
+    let mut total = ticks(&root_fields, 11..15);
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(f) = fields_of(pid) {
+            if f.len() > 14 && f[1] == root.to_string() {
+                total += ticks(&f, 11..13);
+            }
+        }
+    }
+    Some(total as f64 / 100.0)
 }
 
 /// The request `op` sends as the client's `n`-th.
@@ -240,9 +281,10 @@ async fn drive(
     }
     let duration = Duration::from_secs(args.seconds);
     let counter = Arc::new(AtomicU64::new(0));
-    let (cpu0, server0) = (
+    let (cpu0, server0, postgres0) = (
         process_cpu_time(),
         args.server_pid.and_then(proc_cpu_seconds),
+        args.postgres_pid.and_then(tree_cpu_seconds),
     );
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -279,6 +321,10 @@ async fn drive(
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let postgres_cpu = match (postgres0, args.postgres_pid.and_then(tree_cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     if all.is_empty() {
         bail!("{op:?}: no request completed");
     }
@@ -291,6 +337,7 @@ async fn drive(
         p99: at(0.99),
         client_cpu,
         server_cpu,
+        postgres_cpu,
     })
 }
 
@@ -371,6 +418,10 @@ async fn create_brokers(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(pid) = args.print_tree_cpu {
+        println!("{:.2}", tree_cpu_seconds(pid).context("no such process")?);
+        return Ok(());
+    }
     let credentials = match &args.credentials {
         Some(path) if path.exists() => Some(read_credentials(path)?),
         _ => None,
@@ -407,7 +458,7 @@ fn main() -> anyhow::Result<()> {
             let o = drive(&args, op, ids.clone(), credentials.clone()).await?;
             let per_req_us = |s: f64| s * 1e6 / o.requests as f64;
             println!(
-                "result {} {:.0} {:.2} {:.2} {:.1} {}",
+                "result {} {:.0} {:.2} {:.2} {:.1} {} {}",
                 op.to_possible_value()
                     .map_or_else(|| format!("{op:?}"), |v| v.get_name().to_owned()),
                 o.requests as f64 / o.elapsed.as_secs_f64(),
@@ -415,6 +466,8 @@ fn main() -> anyhow::Result<()> {
                 o.p99.as_secs_f64() * 1e3,
                 per_req_us(o.client_cpu.as_secs_f64()),
                 o.server_cpu
+                    .map_or_else(|| "-".to_owned(), |s| format!("{:.1}", per_req_us(s))),
+                o.postgres_cpu
                     .map_or_else(|| "-".to_owned(), |s| format!("{:.1}", per_req_us(s))),
             );
         }

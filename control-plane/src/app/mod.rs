@@ -40,9 +40,23 @@ use crate::store::Store;
 /// How often a broker update re-reads and retries after losing a race.
 pub const UPDATE_ATTEMPTS: usize = 5;
 
-/// Everything request handlers and background tasks share. Cheap to clone.
+/// Everything request handlers and background tasks share: one `Arc`, so a clone (axum
+/// clones the state for every handler and middleware layer of every request) is one
+/// reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Clone)]
+pub struct Shared {
     pub store: Store,
     pub config: Arc<ServeConfig>,
     pub metrics: Arc<Metrics>,
@@ -100,7 +114,7 @@ impl AppState {
                 None
             })
             .map(Arc::new);
-        AppState {
+        AppState(Arc::new(Shared {
             aws_login,
             store,
             config: Arc::new(config),
@@ -113,13 +127,14 @@ impl AppState {
             auth_caches,
             clock,
             catalog,
-        }
+        }))
     }
 
     /// Replaces the master key (before any secret is sealed under the old one).
-    pub fn with_master_key(mut self, key: MasterKey) -> Self {
-        self.master_key = Arc::new(key);
-        self
+    pub fn with_master_key(self, key: MasterKey) -> Self {
+        let mut shared = Arc::try_unwrap(self.0).unwrap_or_else(|arc| (*arc).clone());
+        shared.master_key = Arc::new(key);
+        AppState(Arc::new(shared))
     }
 
     /// Tells the reconcilers that intent changed.

@@ -187,7 +187,7 @@ fn xml_error_code(body: &[u8]) -> Option<String> {
 }
 
 /// The audit layer: see the module doc. `/healthz` and `/metrics` are not audited.
-pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

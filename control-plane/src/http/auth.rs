@@ -41,11 +41,7 @@ fn is_query_api(parts: &axum::http::request::Parts) -> bool {
     parts.method == Method::POST && parts.uri.path() == "/"
 }
 
-pub async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,

@@ -28,8 +28,6 @@ pub mod tls;
 mod users;
 mod views;
 
-use std::sync::Arc;
-
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
@@ -40,9 +38,6 @@ use crate::error::ApiError;
 
 /// The public API (Amazon MQ routes), `/healthz` and `/metrics`.
 pub fn router(state: AppState) -> Router {
-    // The middleware layers share one `Arc`: axum clones a layer's state (twice) for every
-    // request, and an `AppState` clone counts a dozen references.
-    let shared = Arc::new(state.clone());
     let api = Router::new()
         .route(
             "/v1/brokers",
@@ -112,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
+            state.clone(),
             auth::authenticate,
         ));
 
@@ -123,12 +118,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
+            state.clone(),
             observe::record_latency,
         ))
         .layer(middleware::from_fn(observe::request_id))
         // Outside the request id (it records it), inside tracing.
-        .layer(middleware::from_fn_with_state(shared, audit::record))
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

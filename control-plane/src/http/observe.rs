@@ -1,6 +1,5 @@
 //! Records every request's latency by route template and status.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -10,7 +9,7 @@ use axum::response::Response;
 use crate::app::AppState;
 
 pub async fn record_latency(
-    State(state): State<Arc<AppState>>,
+    State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
