@@ -103,7 +103,7 @@ async fn api_against_raw_postgres() {
         .await
         .expect("Postgres is required for this benchmark");
     let database = match &t.store {
-        Store::Postgres(pool, _) => pool
+        Store::Postgres(pool, ..) => pool
             .connect_options()
             .get_database()
             .expect("a database name")

@@ -71,7 +71,7 @@ async fn iam(api: &TestApi, key: &TestKey, params: &[(&str, &str)]) -> (u16, Str
 async fn delete_key_behind_our_back(store: &Store, access_key_id: &str) {
     let sql = "DELETE FROM iam_access_keys WHERE access_key_id = $1";
     let n = match store {
-        Store::Postgres(pool, _) => sqlx::query(sql)
+        Store::Postgres(pool, ..) => sqlx::query(sql)
             .bind(access_key_id)
             .execute(pool)
             .await

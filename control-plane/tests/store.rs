@@ -739,3 +739,164 @@ async fn broker_describe_matches_the_separate_reads() {
         t.finish().await;
     }
 }
+
+/// DescribeBroker remembers what it read of other tables on Postgres (the detail version,
+/// migration 0107): after a describe, every kind of change to what it shows must show in
+/// the next one, whoever writes it (raw SQL here stands for any writer).
+#[tokio::test]
+async fn broker_describe_sees_every_change_after_a_remembered_read() {
+    use mooring_agent_protocol::NodeId;
+    use mooring_control_plane::store::{
+        ActionKind, ActionRecord, ActionSource, NewNode, ObservedState, UserUpdate,
+    };
+
+    for t in common::stores().await {
+        let s = &t.store;
+        let b = s
+            .broker_insert(new_broker("remembered", None), vec![user("zed")])
+            .await
+            .expect("insert");
+        let describe = || async { s.broker_describe(&b.id).await.expect("describe") };
+        let names = |d: &mooring_control_plane::store::BrokerDetail| {
+            d.users
+                .iter()
+                .map(|u| (u.username.clone(), u.pending_change))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&describe().await),
+            [("zed".to_owned(), Some(ChangeType::Create))]
+        );
+        // Twice unchanged: the second answer (remembered on Postgres) is the same.
+        assert_eq!(names(&describe().await), names(&describe().await));
+
+        // Users: created, changed, applied, deleted.
+        let generation = s.user_create(&b.id, &user("amy")).await.expect("create");
+        assert_eq!(describe().await.users.len(), 2, "{}", t.backend);
+        s.user_update(
+            &b.id,
+            "amy",
+            &UserUpdate {
+                console_access: Some(true),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .expect("update");
+        assert!(describe().await.users[0].console_access, "{}", t.backend);
+        s.user_mark_applied(&b.id, generation + 1)
+            .await
+            .expect("applied");
+        assert!(
+            describe()
+                .await
+                .users
+                .iter()
+                .all(|u| u.pending_change.is_none()),
+            "{}",
+            t.backend
+        );
+        s.user_delete(&b.id, "zed").await.expect("delete");
+        assert_eq!(
+            describe().await.users[1].pending_change,
+            Some(ChangeType::Delete),
+            "{}",
+            t.backend
+        );
+
+        // Tags, by the broker's ARN.
+        let before = describe().await.tags;
+        let team = BTreeMap::from([("team".to_owned(), "core".to_owned())]);
+        s.tag_put(&b.arn, &team).await.expect("tag");
+        let mut expected = before.clone();
+        expected.extend(team);
+        assert_eq!(describe().await.tags, expected, "{}", t.backend);
+        s.tag_delete(&b.arn, &["team".to_owned()])
+            .await
+            .expect("untag");
+        assert_eq!(describe().await.tags, before, "{}", t.backend);
+
+        // Nodes: added, their observed state, and a column DescribeBroker shows changed
+        // by any writer.
+        let node = NodeId(format!("{}-0", b.id));
+        s.node_insert(
+            &NewNode {
+                id: node.clone(),
+                broker_id: b.id.clone(),
+                ordinal: 0,
+                zone: "us-east-1a".to_owned(),
+                host: "127.0.0.1".to_owned(),
+                amqp_port: 20_000,
+                admin_port: 21_000,
+                replication_port: None,
+            },
+            Utc::now(),
+        )
+        .await
+        .expect("node");
+        assert_eq!(describe().await.nodes.len(), 1, "{}", t.backend);
+        s.node_set_observed(&node, ObservedState::Started)
+            .await
+            .expect("observed");
+        assert_eq!(
+            describe().await.nodes[0].observed,
+            ObservedState::Started,
+            "{}",
+            t.backend
+        );
+        mooring_control_plane::with_pool!(s, pool => sqlx::query("UPDATE broker_nodes SET amqp_port = 20001 WHERE id = $1")
+            .bind(&node.0)
+            .execute(pool)
+            .await
+            .expect("raw update")
+            .rows_affected());
+        assert_eq!(describe().await.nodes[0].amqp_port, 20_001, "{}", t.backend);
+
+        // Scheduled actions.
+        let at = Utc::now().trunc_subsecs(6);
+        s.maintenance_action_upsert(&ActionRecord {
+            broker_id: b.id.clone(),
+            kind: ActionKind::EngineVersion,
+            target: "x".to_owned(),
+            source: ActionSource::User,
+            scheduled_at: at,
+            window_spec: "SUNDAY 00:00 UTC".to_owned(),
+            created_at: at,
+        })
+        .await
+        .expect("action");
+        assert_eq!(describe().await.scheduled.len(), 1, "{}", t.backend);
+        s.maintenance_action_delete(&b.id, ActionKind::EngineVersion)
+            .await
+            .expect("action gone");
+        assert!(describe().await.scheduled.is_empty(), "{}", t.backend);
+
+        // Leadership: created, then a new leader written by any writer.
+        s.replication_ensure(&b.id, &node, std::slice::from_ref(&node), "sealed", at)
+            .await
+            .expect("leadership");
+        assert_eq!(
+            describe().await.leadership.map(|l| l.leader),
+            Some(node.clone()),
+            "{}",
+            t.backend
+        );
+        mooring_control_plane::with_pool!(s, pool => sqlx::query(
+            "UPDATE broker_replication SET leader_node = 'other', action_required = 'X' \
+             WHERE broker_id = $1",
+        )
+        .bind(b.id.as_str())
+        .execute(pool)
+        .await
+        .expect("raw update")
+        .rows_affected());
+        let l = describe().await.leadership.expect("leadership");
+        assert_eq!(
+            (l.leader.0.as_str(), l.action_required.as_deref()),
+            ("other", Some("X")),
+            "{}",
+            t.backend
+        );
+        t.finish().await;
+    }
+}

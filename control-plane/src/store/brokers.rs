@@ -6,9 +6,11 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use mooring_agent_protocol::NodeId;
 
+use super::detail_cache::DetailParts;
 use super::fast_pool::on_fast;
 use super::maintenance::{ActionRow, ACTION_COLUMNS};
 use super::tags::upsert_tag;
@@ -230,25 +232,57 @@ struct BrokerDetailRow {
     leadership: Option<sqlx::types::Json<(String, Option<String>)>>,
 }
 
-/// DescribeBroker's statement on Postgres.
+/// DescribeBroker's statement on Postgres. `$3` is the detail version the caller remembers
+/// (see [`super::detail_cache`]): when it is current, the other tables are not read and
+/// their columns are NULL (`detail_cached` says so; `leadership` is NULL for a broker that
+/// has none, too).
 fn describe_sql_postgres() -> String {
+    let unless_cached =
+        |subquery: &str| format!("CASE WHEN v.detail_version = $3 THEN NULL ELSE ({subquery}) END");
     format!(
-        "SELECT {COLUMNS}, \
-         (SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM \
-            (SELECT {USER_COLUMNS} FROM broker_users WHERE broker_id = b.id \
-             ORDER BY username LIMIT $2) u) AS users, \
-         (SELECT coalesce(json_agg(json_build_array(t.key, t.value) ORDER BY t.key), '[]') \
-            FROM tags t WHERE t.resource_arn = b.arn) AS tags, \
-         (SELECT coalesce(json_agg(json_build_array(n.id, n.zone, n.host, n.amqp_port, \
-            n.admin_port, n.observed_state) ORDER BY n.ordinal), '[]') \
-            FROM broker_nodes n WHERE n.broker_id = b.id) AS nodes, \
-         (SELECT coalesce(json_agg(a ORDER BY a.kind), '[]') FROM \
-            (SELECT {ACTION_COLUMNS} FROM maintenance_actions WHERE broker_id = b.id) a) \
-            AS actions, \
-         (SELECT json_build_array(r.leader_node, r.action_required) \
-            FROM broker_replication r WHERE r.broker_id = b.id) AS leadership \
-         FROM brokers b WHERE id = $1"
+        "SELECT {COLUMNS}, v.detail_version, \
+         coalesce(v.detail_version = $3, FALSE) AS detail_cached, \
+         {} AS users, {} AS tags, {} AS nodes, {} AS actions, {} AS leadership \
+         FROM brokers b LEFT JOIN broker_detail_versions v ON v.broker_id = b.id \
+         WHERE b.id = $1",
+        unless_cached(&format!(
+            "SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM \
+             (SELECT {USER_COLUMNS} FROM broker_users WHERE broker_id = b.id \
+             ORDER BY username LIMIT $2) u"
+        )),
+        unless_cached(
+            "SELECT coalesce(json_agg(json_build_array(t.key, t.value) ORDER BY t.key), '[]') \
+             FROM tags t WHERE t.resource_arn = b.arn"
+        ),
+        unless_cached(
+            "SELECT coalesce(json_agg(json_build_array(n.id, n.zone, n.host, n.amqp_port, \
+             n.admin_port, n.observed_state) ORDER BY n.ordinal), '[]') \
+             FROM broker_nodes n WHERE n.broker_id = b.id"
+        ),
+        unless_cached(&format!(
+            "SELECT coalesce(json_agg(a ORDER BY a.kind), '[]') FROM \
+             (SELECT {ACTION_COLUMNS} FROM maintenance_actions WHERE broker_id = b.id) a"
+        )),
+        unless_cached(
+            "SELECT json_build_array(r.leader_node, r.action_required) \
+             FROM broker_replication r WHERE r.broker_id = b.id"
+        ),
     )
+}
+
+/// [`describe_sql_postgres`]'s row: [`BrokerDetailRow`]'s columns, NULL when cached.
+#[derive(FromRow)]
+struct BrokerDetailVersionedRow {
+    #[sqlx(flatten)]
+    broker: BrokerRow,
+    /// NULL only for a broker created before migration 0107 ran (none: it backfills).
+    detail_version: Option<i64>,
+    detail_cached: bool,
+    users: Option<sqlx::types::Json<Vec<UserRow>>>,
+    tags: Option<sqlx::types::Json<Vec<(String, String)>>>,
+    nodes: Option<sqlx::types::Json<Vec<NodeColumns>>>,
+    actions: Option<sqlx::types::Json<Vec<ActionRow>>>,
+    leadership: Option<sqlx::types::Json<(String, Option<String>)>>,
 }
 
 /// DescribeBroker's statement on SQLite: the same shape with SQLite's JSON functions
@@ -306,6 +340,37 @@ fn described_node(
         observed: ObservedState::parse(&observed).ok_or_else(|| {
             StoreError::Corrupt(format!("broker_nodes.observed_state = {observed:?}"))
         })?,
+    })
+}
+
+/// The rows DescribeBroker's statement aggregated, as records.
+fn detail_parts(
+    version: i64,
+    users: Vec<UserRow>,
+    tags: Vec<(String, String)>,
+    nodes: Vec<NodeColumns>,
+    actions: Vec<ActionRow>,
+    leadership: Option<(String, Option<String>)>,
+) -> Result<DetailParts, StoreError> {
+    Ok(DetailParts {
+        version,
+        users: users
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect::<Result<_, _>>()?,
+        tags: tags.into_iter().collect(),
+        nodes: nodes
+            .into_iter()
+            .map(described_node)
+            .collect::<Result<_, _>>()?,
+        scheduled: actions
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect::<Result<_, _>>()?,
+        leadership: leadership.map(|(leader, action_required)| DescribedLeadership {
+            leader: NodeId(leader),
+            action_required,
+        }),
     })
 }
 
@@ -496,51 +561,66 @@ impl Store {
     /// Everything DescribeBroker reads, in one statement on either store (the broker with
     /// its users, tags, nodes, scheduled maintenance actions and leadership).
     pub async fn broker_describe(&self, id: &BrokerId) -> Result<BrokerDetail, StoreError> {
-        let row: Option<BrokerDetailRow> = match self {
-            Store::Postgres(_, fast) => {
-                on_fast!(fast, conn => sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
-                    .bind(id.as_str())
-                    .bind(DESCRIBE_USERS_MAX)
-                    .fetch_optional(conn))
+        let row: BrokerDetailRow = match self {
+            Store::Postgres(_, fast, cache) => {
+                let known = cache.get(id.as_str());
+                let row: Option<BrokerDetailVersionedRow> =
+                    on_fast!(fast, conn => sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
+                        .bind(id.as_str())
+                        .bind(DESCRIBE_USERS_MAX)
+                        .bind(known.as_ref().map(|k| k.version))
+                        .fetch_optional(conn))
+                    .await?;
+                let row = row.ok_or(StoreError::NotFound("broker"))?;
+                let broker = row.broker.try_into()?;
+                let parts = match known {
+                    Some(known) if row.detail_cached => known,
+                    _ => {
+                        let parts = Arc::new(detail_parts(
+                            row.detail_version.unwrap_or(-1),
+                            row.users.map(|j| j.0).unwrap_or_default(),
+                            row.tags.map(|j| j.0).unwrap_or_default(),
+                            row.nodes.map(|j| j.0).unwrap_or_default(),
+                            row.actions.map(|j| j.0).unwrap_or_default(),
+                            row.leadership.map(|j| j.0),
+                        )?);
+                        if row.detail_version.is_some() {
+                            cache.put(id.as_str(), Arc::clone(&parts));
+                        }
+                        parts
+                    }
+                };
+                return Ok(BrokerDetail {
+                    broker,
+                    users: parts.users.clone(),
+                    tags: parts.tags.clone(),
+                    nodes: parts.nodes.clone(),
+                    scheduled: parts.scheduled.clone(),
+                    leadership: parts.leadership.clone(),
+                });
+            }
+            Store::Sqlite(pool) => sqlx::query_as(DESCRIBE_SQL_SQLITE.as_str())
+                .bind(id.as_str())
+                .bind(DESCRIBE_USERS_MAX)
+                .fetch_optional(pool)
                 .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(DESCRIBE_SQL_SQLITE.as_str())
-                    .bind(id.as_str())
-                    .bind(DESCRIBE_USERS_MAX)
-                    .fetch_optional(pool)
-                    .await?
-            }
+                .ok_or(StoreError::NotFound("broker"))?,
         };
-        let row = row.ok_or(StoreError::NotFound("broker"))?;
+        let parts = detail_parts(
+            0,
+            row.users.0,
+            row.tags.0,
+            row.nodes.0,
+            row.actions.0,
+            row.leadership.map(|j| j.0),
+        )?;
         Ok(BrokerDetail {
             broker: row.broker.try_into()?,
-            users: row
-                .users
-                .0
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            tags: row.tags.0.into_iter().collect(),
-            nodes: row
-                .nodes
-                .0
-                .into_iter()
-                .map(described_node)
-                .collect::<Result<_, _>>()?,
-            scheduled: row
-                .actions
-                .0
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            leadership: row.leadership.map(|l| {
-                let (leader, action_required) = l.0;
-                DescribedLeadership {
-                    leader: NodeId(leader),
-                    action_required,
-                }
-            }),
+            users: parts.users,
+            tags: parts.tags,
+            nodes: parts.nodes,
+            scheduled: parts.scheduled,
+            leadership: parts.leadership,
         })
     }
 
@@ -613,7 +693,7 @@ impl Store {
         let sql = "SELECT id, name, arn, state, engine_type, host_instance_type, \
                    deployment_mode, created_at FROM brokers WHERE id > $1 ORDER BY id LIMIT $2";
         let rows: Vec<Row> = match self {
-            Store::Postgres(_, fast) => {
+            Store::Postgres(_, fast, _) => {
                 on_fast!(fast, conn => sqlx::query_as(sql)
                     .bind(after.unwrap_or(""))
                     .bind(limit)

@@ -10,6 +10,7 @@ mod aws_login;
 mod brokers;
 mod configurations;
 mod cp_lease;
+mod detail_cache;
 mod error;
 pub mod events;
 mod fast_pool;
@@ -24,6 +25,7 @@ mod users;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,6 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, PgPool, SqlitePool};
 
+use detail_cache::DetailCache;
 use fast_pool::FastPool;
 
 pub use audit::{
@@ -76,11 +79,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
-/// Postgres also carries a few dedicated connections for the hottest statements, used
-/// only by the store's own code; `with_pool!` and tests see the main pool.
+/// Postgres also carries a few dedicated connections for the hottest statements and
+/// DescribeBroker's memory ([`detail_cache`]), used only by the store's own code;
+/// `with_pool!` and tests see the main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool, FastPool),
+    Postgres(PgPool, FastPool, Arc<DetailCache>),
     Sqlite(SqlitePool),
 }
 
@@ -90,7 +94,7 @@ pub enum Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Postgres($pool, _) => $body,
+            $crate::store::Store::Postgres($pool, ..) => $body,
             $crate::store::Store::Sqlite($pool) => $body,
         }
     };
@@ -128,7 +132,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;
-            Ok(Store::Postgres(pool, fast))
+            Ok(Store::Postgres(pool, fast, Arc::default()))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("parsing the SQLite URL")?
@@ -162,7 +166,7 @@ impl Store {
     /// (sqlx takes an advisory lock on Postgres).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Store::Postgres(pool, _) => POSTGRES_MIGRATIONS.run(pool).await,
+            Store::Postgres(pool, ..) => POSTGRES_MIGRATIONS.run(pool).await,
             Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
         }
         .context("applying database migrations")
@@ -177,7 +181,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Store::Postgres(_, fast) = self {
+        if let Store::Postgres(_, fast, _) = self {
             fast.close().await;
         }
         with_pool!(self, pool => pool.close().await)

@@ -38,7 +38,7 @@ impl TestStore {
         self.store.close().await;
         if let Some(name) = self.pg_database {
             if let Ok(admin) = Store::connect(&pg_admin_url()).await {
-                if let Store::Postgres(pool, _) = &admin {
+                if let Store::Postgres(pool, ..) = &admin {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(pool)
                         .await;
@@ -78,7 +78,7 @@ pub async fn postgres_store() -> Option<TestStore> {
         }
     };
     let name = format!("mooring_cp_{}", uuid::Uuid::new_v4().simple());
-    if let Store::Postgres(pool, _) = &admin {
+    if let Store::Postgres(pool, ..) = &admin {
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(pool)
             .await
