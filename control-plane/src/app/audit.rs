@@ -10,9 +10,10 @@
 //! [`READ_FLUSH_DELAY`]: a crash may lose the last ~100 ms of those.
 //!
 //! Group commit. One writer task owns the database side. It takes whatever records
-//! are queued (up to [`MAX_BATCH`]) and writes them in one multi-row INSERT, so
-//! concurrent requests share one commit instead of paying one each; durable records
-//! flush at once, others wait at most [`READ_FLUSH_DELAY`] for company.
+//! are queued and writes them in one INSERT, so concurrent requests share one commit
+//! instead of paying one each; durable records flush at once, others wait at most
+//! [`READ_FLUSH_DELAY`] for company. Records nobody waits for do not wake the writer
+//! while it holds some already (see [`AuditLog`]).
 //!
 //! Store outage. When a write fails, waiting requests fail (the HTTP layer answers
 //! InternalServerErrorException), their records are kept with status 500, and the
@@ -36,7 +37,8 @@ use crate::store::{AuditDecision, AuditEventRecord, AuditFilter, NewAuditEvent, 
 
 /// The longest a non-durable record waits in memory before it is written.
 pub const READ_FLUSH_DELAY: Duration = Duration::from_millis(100);
-/// Records per group commit.
+/// Records held that make a group commit due at the writer's next wake-up, whatever
+/// [`READ_FLUSH_DELAY`] says.
 pub const MAX_BATCH: usize = 1000;
 /// Records queued between the requests and the writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -78,9 +80,16 @@ struct Ack {
 }
 
 /// The handle requests append through; cheap to clone.
+///
+/// Two queues: records nobody waits for, and durable records and shutdown, which wake the
+/// writer at once. The writer listens on the first only while it holds nothing, so a
+/// stream of reads wakes it once per [`READ_FLUSH_DELAY`] rather than once per record
+/// (a wake-up is a futex call and often a context switch: per request, on the API's
+/// hottest paths).
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
+    urgent_tx: mpsc::Sender<Job>,
     healthy: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
 }
@@ -89,11 +98,13 @@ impl AuditLog {
     /// Starts the writer task on the current Tokio runtime.
     pub fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (urgent_tx, urgent_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let healthy = Arc::new(AtomicBool::new(true));
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             store,
             rx,
+            urgent_rx,
             healthy: healthy.clone(),
             dropped: dropped.clone(),
             pending: Vec::new(),
@@ -103,6 +114,7 @@ impl AuditLog {
         tokio::spawn(writer.run());
         AuditLog {
             tx,
+            urgent_tx,
             healthy,
             dropped,
         }
@@ -151,7 +163,7 @@ impl AuditLog {
             event,
             ack: Some(Ack { tx, failure_code }),
         };
-        match tokio::time::timeout(ENQUEUE_TIMEOUT, self.tx.send(job)).await {
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, self.urgent_tx.send(job)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return Err(AuditError::Unavailable),
         }
@@ -164,7 +176,7 @@ impl AuditLog {
     /// Writes what is queued and stops the writer (at shutdown). Later appends fail.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Shutdown(tx)).await.is_ok() {
+        if self.urgent_tx.send(Job::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -174,7 +186,10 @@ impl AuditLog {
 /// non-empty, and is when the oldest of them arrived.
 struct Writer {
     store: Store,
+    /// Records nobody waits for.
     rx: mpsc::Receiver<Job>,
+    /// Durable records and shutdown.
+    urgent_rx: mpsc::Receiver<Job>,
     healthy: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
     pending: Vec<(NewAuditEvent, Option<Ack>)>,
@@ -191,10 +206,20 @@ impl Writer {
                 (None, Some(first)) => Some(first + READ_FLUSH_DELAY),
                 (None, None) => None,
             };
+            let holding = !self.pending.is_empty();
             let job = tokio::select! {
-                job = self.rx.recv() => job,
+                biased;
+                job = self.urgent_rx.recv() => job,
+                // Holding records, the writer waits for their deadline (or an urgent job)
+                // and picks up the others then.
+                job = self.rx.recv(), if !holding => job,
                 () = sleep_until(deadline) => {
+                    let stop = self.take_queued();
                     self.flush().await;
+                    if let Some(done) = stop {
+                        self.finish(done).await;
+                        return;
+                    }
                     continue;
                 }
             };
@@ -209,21 +234,16 @@ impl Writer {
                 None => stop = Some(None),
             }
             // Take whatever else is already queued: these share the commit.
-            while stop.is_none() && self.pending.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(job) => {
-                        if let Some(done) = self.accept(job) {
-                            stop = Some(Some(done));
-                        }
-                    }
-                    Err(_) => break,
-                }
+            if stop.is_none() {
+                stop = self.take_queued().map(Some);
             }
             if let Some(done) = stop {
-                self.retry_at = None;
-                self.flush().await;
-                if let Some(done) = done {
-                    let _ = done.send(());
+                match done {
+                    Some(done) => self.finish(done).await,
+                    None => {
+                        self.retry_at = None;
+                        self.flush().await;
+                    }
                 }
                 return;
             }
@@ -245,6 +265,36 @@ impl Writer {
                 self.flush().await;
             }
         }
+    }
+
+    /// Writes what is left (one last attempt even while the store is failing) and tells
+    /// the shutdown request.
+    async fn finish(&mut self, done: oneshot::Sender<()>) {
+        self.retry_at = None;
+        self.flush().await;
+        let _ = done.send(());
+    }
+
+    /// Moves what both queues hold into `pending` (each is bounded by
+    /// [`CHANNEL_CAPACITY`]), the records nobody waits for first; returns the reply
+    /// channel of a shutdown request, after which nothing more is taken.
+    fn take_queued(&mut self) -> Option<oneshot::Sender<()>> {
+        for urgent in [false, true] {
+            loop {
+                let queue = if urgent {
+                    &mut self.urgent_rx
+                } else {
+                    &mut self.rx
+                };
+                let Ok(job) = queue.try_recv() else {
+                    break;
+                };
+                if let Some(done) = self.accept(job) {
+                    return Some(done);
+                }
+            }
+        }
+        None
     }
 
     /// Queues an append; returns the reply channel of a shutdown request.
