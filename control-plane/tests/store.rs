@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{SubsecRound as _, Utc};
 use mooring_control_plane::model::{
-    AuthenticationStrategy, BrokerState, ChangeType, DayOfWeek, DeploymentMode, EngineType,
-    StorageType,
+    AuthenticationStrategy, BrokerState, ChangeType, DeploymentMode, EngineType,
 };
 use mooring_control_plane::store::{
     BrokerId, ConfigurationId, Constraint, NewBroker, NewConfiguration, NewUser, Store, StoreError,
@@ -15,30 +14,10 @@ use mooring_control_plane::store::{
 };
 
 fn new_broker(name: &str, token: Option<&str>) -> NewBroker {
-    let id = BrokerId::generate();
     NewBroker {
-        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
-        id,
-        name: name.to_owned(),
-        engine_type: EngineType::Rabbitmq,
-        engine_version: "3.13".to_owned(),
-        host_instance_type: "mq.m5.large".to_owned(),
-        deployment_mode: DeploymentMode::SingleInstance,
-        authentication_strategy: AuthenticationStrategy::Simple,
-        storage_type: StorageType::Ebs,
-        publicly_accessible: false,
-        auto_minor_version_upgrade: true,
-        maintenance_day: DayOfWeek::Sunday,
-        maintenance_time: "00:00".to_owned(),
-        maintenance_time_zone: "UTC".to_owned(),
-        logs_general: false,
-        logs_audit: false,
-        security_groups: vec![],
-        subnet_ids: vec![],
-        configuration: None,
         creator_request_id: token.map(str::to_owned),
         tags: vec![("env".to_owned(), "test".to_owned())],
-        now: Utc::now().trunc_subsecs(3),
+        ..common::new_broker(name, DeploymentMode::SingleInstance)
     }
 }
 

@@ -9,13 +9,48 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use chrono::{SubsecRound as _, Utc};
 use mooring_control_plane::app::principals;
 use mooring_control_plane::app::AppState;
 use mooring_control_plane::auth::sigv4::{sign_request, SigningParams};
 use mooring_control_plane::config::ServeConfig;
+use mooring_control_plane::model::{
+    AuthenticationStrategy, DayOfWeek, DeploymentMode, EngineType, StorageType,
+};
 use mooring_control_plane::store::PrincipalKind;
-use mooring_control_plane::store::Store;
+use mooring_control_plane::store::{BrokerId, NewBroker, Store};
 use tower::ServiceExt as _;
+
+/// A RabbitMQ broker named `name` as the store records a CreateBroker with Amazon MQ's
+/// defaults: a fresh id, no tags, no configuration, created now (to the millisecond, so
+/// that it reads back equal on both backends).
+pub fn new_broker(name: &str, deployment_mode: DeploymentMode) -> NewBroker {
+    let id = BrokerId::generate();
+    NewBroker {
+        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
+        id,
+        name: name.to_owned(),
+        engine_type: EngineType::Rabbitmq,
+        engine_version: "3.13".to_owned(),
+        host_instance_type: "mq.m5.large".to_owned(),
+        deployment_mode,
+        authentication_strategy: AuthenticationStrategy::Simple,
+        storage_type: StorageType::Ebs,
+        publicly_accessible: false,
+        auto_minor_version_upgrade: true,
+        maintenance_day: DayOfWeek::Sunday,
+        maintenance_time: "00:00".to_owned(),
+        maintenance_time_zone: "UTC".to_owned(),
+        logs_general: false,
+        logs_audit: false,
+        security_groups: vec![],
+        subnet_ids: vec![],
+        configuration: None,
+        creator_request_id: None,
+        tags: vec![],
+        now: Utc::now().trunc_subsecs(3),
+    }
+}
 
 /// The Postgres server tests create their databases on (trust auth).
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";

@@ -1,47 +1,23 @@
 //! A replicated broker in the store, and heartbeats as its agents send them, for the
 //! store-level replication tests.
 
-use chrono::{SubsecRound as _, Utc};
+use chrono::Utc;
 use mooring_agent_protocol::{
     EngineStatus, Epoch, Generation, Heartbeat, NodeId, ReplicationStatus, Role,
 };
-use mooring_control_plane::model::{
-    AuthenticationStrategy, BrokerState, DayOfWeek, DeploymentMode, EngineType, StorageType,
-};
-use mooring_control_plane::store::{BrokerId, NewBroker, NewNode, NewUser, Store};
+use mooring_control_plane::model::{BrokerState, DeploymentMode};
+use mooring_control_plane::store::{BrokerId, NewNode, NewUser, Store};
 
 /// A RUNNING CLUSTER_MULTI_AZ (3 nodes) or ACTIVE_STANDBY_MULTI_AZ (2) broker with its
 /// nodes recorded and node 1 leading under epoch 1.
 pub async fn replicated_broker(store: &Store, name: &str, nodes: i32) -> (BrokerId, Vec<NodeId>) {
-    let id = BrokerId::generate();
-    let broker = NewBroker {
-        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
-        id: id.clone(),
-        name: name.to_owned(),
-        engine_type: EngineType::Rabbitmq,
-        engine_version: "3.13".to_owned(),
-        host_instance_type: "mq.m5.large".to_owned(),
-        deployment_mode: if nodes == 3 {
-            DeploymentMode::ClusterMultiAz
-        } else {
-            DeploymentMode::ActiveStandbyMultiAz
-        },
-        authentication_strategy: AuthenticationStrategy::Simple,
-        storage_type: StorageType::Ebs,
-        publicly_accessible: false,
-        auto_minor_version_upgrade: true,
-        maintenance_day: DayOfWeek::Sunday,
-        maintenance_time: "00:00".to_owned(),
-        maintenance_time_zone: "UTC".to_owned(),
-        logs_general: false,
-        logs_audit: false,
-        security_groups: vec![],
-        subnet_ids: vec![],
-        configuration: None,
-        creator_request_id: None,
-        tags: vec![],
-        now: Utc::now().trunc_subsecs(3),
+    let mode = if nodes == 3 {
+        DeploymentMode::ClusterMultiAz
+    } else {
+        DeploymentMode::ActiveStandbyMultiAz
     };
+    let broker = super::new_broker(name, mode);
+    let id = broker.id.clone();
     let user = NewUser {
         username: "admin".to_owned(),
         password_hash: "hash".to_owned(),
