@@ -97,9 +97,11 @@ def signal_agent(cp, node, sig):
     return pids[0]
 
 
-def replace_and_fail_over(aws, cp, mode, nodes):
+def replicated_broker(aws, cp, name, mode, nodes):
+    """Creates a replicated broker and waits until it runs with all `nodes` instances and a
+    leader; returns its id and that DescribeBroker answer."""
     broker_id = aws.ok(
-        "create-broker", "--broker-name", f"replace-{nodes}", "--deployment-mode", mode,
+        "create-broker", "--broker-name", name, "--deployment-mode", mode,
         "--engine-type", "RABBITMQ", "--engine-version", "3.13", "--host-instance-type", "mq.m5.large",
         "--no-publicly-accessible", "--no-auto-minor-version-upgrade",
         "--users", f"Username={ADMIN[0]},Password={ADMIN[1]}",
@@ -107,6 +109,11 @@ def replace_and_fail_over(aws, cp, mode, nodes):
     wait_running(aws, broker_id, timeout=120)
     d = poll(lambda: (lambda d: d if leader_node(d) and len(d["brokerInstances"]) == nodes else None)(
         describe(cp, broker_id)), 60, f"{nodes} instances, one leader")
+    return broker_id, d
+
+
+def replace_and_fail_over(aws, cp, mode, nodes):
+    broker_id, d = replicated_broker(aws, cp, f"replace-{nodes}", mode, nodes)
     leader = leader_node(d)
     followers = [i["nodeId"] for i in d["brokerInstances"] if i["nodeId"] != leader]
     victim, others = followers[0], followers[1:]
@@ -209,15 +216,7 @@ def test_fresh_node_is_not_promoted_when_the_leader_dies_before_it_copied(aws, c
     back on its data and leads again, the fresh node copies and joins, nothing confirmed is
     lost."""
     cp = control_plane
-    broker_id = aws.ok(
-        "create-broker", "--broker-name", "replace-early", "--deployment-mode", "ACTIVE_STANDBY_MULTI_AZ",
-        "--engine-type", "RABBITMQ", "--engine-version", "3.13", "--host-instance-type", "mq.m5.large",
-        "--no-publicly-accessible", "--no-auto-minor-version-upgrade",
-        "--users", f"Username={ADMIN[0]},Password={ADMIN[1]}",
-    )["BrokerId"]
-    wait_running(aws, broker_id, timeout=120)
-    d = poll(lambda: (lambda d: d if leader_node(d) and len(d["brokerInstances"]) == 2 else None)(
-        describe(cp, broker_id)), 60, "2 instances, one leader")
+    broker_id, d = replicated_broker(aws, cp, "replace-early", "ACTIVE_STANDBY_MULTI_AZ", 2)
     leader = leader_node(d)
     [victim] = [i["nodeId"] for i in d["brokerInstances"] if i["nodeId"] != leader]
     confirmed = publish_backlog(leader_port(d), 300)
@@ -266,15 +265,7 @@ def test_leader_whose_data_is_gone_is_replaced_without_loss(aws, control_plane):
     the fresh node comes back as a follower; the control plane has no separate guard for a
     leader that lost its data and has no in-sync follower to fail over to.)"""
     cp = control_plane
-    broker_id = aws.ok(
-        "create-broker", "--broker-name", "replace-leader", "--deployment-mode", "ACTIVE_STANDBY_MULTI_AZ",
-        "--engine-type", "RABBITMQ", "--engine-version", "3.13", "--host-instance-type", "mq.m5.large",
-        "--no-publicly-accessible", "--no-auto-minor-version-upgrade",
-        "--users", f"Username={ADMIN[0]},Password={ADMIN[1]}",
-    )["BrokerId"]
-    wait_running(aws, broker_id, timeout=120)
-    d = poll(lambda: (lambda d: d if leader_node(d) and len(d["brokerInstances"]) == 2 else None)(
-        describe(cp, broker_id)), 60, "2 instances, one leader")
+    broker_id, d = replicated_broker(aws, cp, "replace-leader", "ACTIVE_STANDBY_MULTI_AZ", 2)
     leader = leader_node(d)
     confirmed = publish_backlog(leader_port(d), 300)
     # An agent that dies young is restarted after a back-off; this one has run long enough
