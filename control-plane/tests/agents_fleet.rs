@@ -11,12 +11,13 @@
 //! measurement: `MOORING_FLEET_BROKERS=10000 MOORING_FLEET_HEARTBEAT_MS=5000 cargo test
 //! --release -p mooring-control-plane --test agents_fleet -- --nocapture`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mooring_agent_protocol::{
@@ -25,13 +26,11 @@ use mooring_agent_protocol::{
 };
 use mooring_control_plane::app::AppState;
 use mooring_control_plane::config::ServeConfig;
-use mooring_control_plane::model::{
-    AuthenticationStrategy, BrokerState, DayOfWeek, DeploymentMode, EngineType, StorageType,
-};
+use mooring_control_plane::model::{BrokerState, DayOfWeek, DeploymentMode};
 use mooring_control_plane::provider::{Endpoint, NodeSpec, ProcessState, Provider, StartOutcome};
 use mooring_control_plane::reconcile::backoff::Schedule;
 use mooring_control_plane::reconcile::provision::Provisioner;
-use mooring_control_plane::store::{BrokerId, NewBroker, NewUser, Store};
+use mooring_control_plane::store::{NewBroker, NewUser, Store};
 use parking_lot::Mutex;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -234,31 +233,11 @@ fn rss_bytes() -> u64 {
 }
 
 fn new_broker(i: u64) -> (NewBroker, Vec<NewUser>) {
-    let id = BrokerId::generate();
-    let name = format!("fleet-{i}");
     let broker = NewBroker {
-        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
-        id,
-        name,
-        engine_type: EngineType::Rabbitmq,
-        engine_version: "3.13".into(),
         host_instance_type: "mq.t3.micro".into(),
-        deployment_mode: DeploymentMode::SingleInstance,
-        authentication_strategy: AuthenticationStrategy::Simple,
-        storage_type: StorageType::Ebs,
-        publicly_accessible: false,
-        auto_minor_version_upgrade: true,
         maintenance_day: DayOfWeek::Monday,
         maintenance_time: "02:00".into(),
-        maintenance_time_zone: "UTC".into(),
-        logs_general: false,
-        logs_audit: false,
-        security_groups: vec![],
-        subnet_ids: vec![],
-        configuration: None,
-        creator_request_id: None,
-        tags: vec![],
-        now: Utc::now(),
+        ..common::new_broker(&format!("fleet-{i}"), DeploymentMode::SingleInstance)
     };
     let user = NewUser {
         username: "app".into(),

@@ -7,15 +7,14 @@
 //! Needs the `mooring-agent` binary (`cargo build --workspace --bins`, done by `make test`):
 //! skipped when it is missing, except under CI=true where that fails.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::Utc;
 use mooring_agent_protocol::{rabbit_password_hash, DesiredConfig, NodeId};
 use mooring_control_plane::config::ServeConfig;
-use mooring_control_plane::model::{
-    AuthenticationStrategy, BrokerState, DayOfWeek, DeploymentMode, EngineType, StorageType,
-};
+use mooring_control_plane::model::{BrokerState, DayOfWeek, DeploymentMode};
 use mooring_control_plane::store::{BrokerId, NewBroker, NewUser, Store, StoreError};
 use tokio::task::JoinHandle;
 
@@ -178,31 +177,13 @@ impl Server {
 }
 
 async fn insert_broker(store: &Store, name: &str) -> BrokerId {
-    let id = BrokerId::generate();
     let broker = NewBroker {
-        id: id.clone(),
-        name: name.into(),
-        arn: format!("arn:aws:mq:us-east-1:000000000000:broker:{name}:{id}"),
-        engine_type: EngineType::Rabbitmq,
-        engine_version: "3.13".into(),
         host_instance_type: "mq.t3.micro".into(),
-        deployment_mode: DeploymentMode::SingleInstance,
-        authentication_strategy: AuthenticationStrategy::Simple,
-        storage_type: StorageType::Ebs,
-        publicly_accessible: false,
-        auto_minor_version_upgrade: true,
         maintenance_day: DayOfWeek::Monday,
         maintenance_time: "02:00".into(),
-        maintenance_time_zone: "UTC".into(),
-        logs_general: false,
-        logs_audit: false,
-        security_groups: vec![],
-        subnet_ids: vec![],
-        configuration: None,
-        creator_request_id: None,
-        tags: vec![],
-        now: Utc::now(),
+        ..common::new_broker(name, DeploymentMode::SingleInstance)
     };
+    let id = broker.id.clone();
     store
         .broker_insert(broker, vec![new_user("admin")])
         .await
