@@ -438,7 +438,9 @@ async fn play_agents(
     live: Vec<NodeId>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let lease = TimeDelta::milliseconds(400);
+    // Long enough that a follower stays live through a stall of this loop on a loaded
+    // machine (with 400 ms, node 2 once lapsed and node 3 was promoted instead).
+    let lease = TimeDelta::seconds(2);
     while !*stop.borrow() {
         let l = store
             .replication_get(&broker)

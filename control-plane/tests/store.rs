@@ -879,3 +879,82 @@ async fn broker_describe_sees_every_change_after_a_remembered_read() {
         t.finish().await;
     }
 }
+
+/// DescribeBroker and ListBrokers coalesce concurrent reads on Postgres (one statement for
+/// many requests, identical pages read once): under a crowd of concurrent requests, each
+/// still gets exactly its own answer, a missing broker its own NotFound, and a write that
+/// finished before a read started shows in that read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_describes_and_list_pages_each_get_their_own_answer() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let b = s
+                .broker_insert(
+                    new_broker(&format!("crowd-{i:02}"), None),
+                    vec![user(&format!("u{i}"))],
+                )
+                .await
+                .expect("insert");
+            ids.push(b.id);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let missing = BrokerId::generate();
+
+        let mut reads = tokio::task::JoinSet::new();
+        for round in 0..20 {
+            for (i, id) in ids.iter().enumerate() {
+                let (st, id) = (s.clone(), id.clone());
+                reads.spawn(async move {
+                    let d = st.broker_describe(&id).await.expect("describe");
+                    assert_eq!(d.broker.id, id);
+                    assert_eq!(d.broker.name, format!("crowd-{i:02}"));
+                    assert_eq!(d.users.len(), 1);
+                    assert_eq!(d.users[0].username, format!("u{i}"));
+                });
+            }
+            let (st, missing) = (s.clone(), missing.clone());
+            reads.spawn(async move {
+                assert!(matches!(
+                    st.broker_describe(&missing).await,
+                    Err(StoreError::NotFound("broker"))
+                ));
+            });
+            // Pages of several sizes, from several places; many the same.
+            let (st, sorted) = (s.clone(), sorted.clone());
+            reads.spawn(async move {
+                let start = round % 5;
+                let limit = 1 + (round % 4) as i64;
+                let after = (start > 0).then(|| sorted[start - 1].as_str().to_owned());
+                let page = st
+                    .broker_list_summaries(after.as_deref(), limit)
+                    .await
+                    .expect("list");
+                let want: Vec<&str> = sorted[start..]
+                    .iter()
+                    .take(limit as usize)
+                    .map(BrokerId::as_str)
+                    .collect();
+                let got: Vec<&str> = page.iter().map(|b| b.id.as_str()).collect();
+                assert_eq!(got, want, "page after {after:?} of {limit}");
+            });
+        }
+        while let Some(r) = reads.join_next().await {
+            r.unwrap_or_else(|e| panic!("{}: {e}", t.backend));
+        }
+
+        // A write that finished before the reads began shows in every one of them.
+        s.user_create(&ids[0], &user("late")).await.expect("create");
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (st, id) = (s.clone(), ids[0].clone());
+            reads
+                .spawn(async move { st.broker_describe(&id).await.expect("describe").users.len() });
+        }
+        while let Some(r) = reads.join_next().await {
+            assert_eq!(r.expect("read"), 2, "{}", t.backend);
+        }
+    }
+}

@@ -134,7 +134,7 @@ impl Store {
             return Ok(());
         }
         match self {
-            Store::Postgres(_, fast, _) => audit_insert_postgres(fast, events).await,
+            Store::Postgres(_, fast, ..) => audit_insert_postgres(fast, events).await,
             Store::Sqlite(pool) => {
                 // In as few statements as [`AUDIT_INSERT_MAX_ROWS`] allows, in one
                 // transaction (SQLite has no arrays to bind a batch as).

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use mooring_agent_protocol::NodeId;
 
+use super::coalesce::Batched;
 use super::detail_cache::DetailParts;
-use super::fast_pool::on_fast;
 use super::maintenance::{ActionRow, ACTION_COLUMNS};
+use super::read_batches::{describe_rows_postgres, list_page_postgres};
 use super::tags::upsert_tag;
 use super::users::{insert_user, UserRow, COLUMNS as USER_COLUMNS};
 use super::{
@@ -154,6 +155,37 @@ const COLUMNS: &str = "id, name, arn, state, engine_type, engine_version, host_i
     pending_host_instance_type, pending_configuration_id, pending_configuration_revision, \
     creator_request_id, generation, reboot_generation, version, created_at, updated_at";
 
+/// ListBrokers' page on SQLite: summaries' columns, by id, after `$1`, at most `$2`.
+const LIST_SUMMARIES_SQL: &str = "SELECT id, name, arn, state, engine_type, host_instance_type, \
+     deployment_mode, created_at FROM brokers WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// A summary's columns: id, name, arn, state, engine type, instance type, deployment mode,
+/// creation time.
+pub(super) type SummaryRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+);
+
+pub(super) fn summary_from_row(row: SummaryRow) -> Result<BrokerSummaryRecord, StoreError> {
+    let (id, name, arn, state, engine_type, host_instance_type, mode, created_at) = row;
+    Ok(BrokerSummaryRecord {
+        id: BrokerId::from_db(id),
+        name,
+        arn,
+        state: enum_col(BrokerState::parse, "state", &state)?,
+        engine_type: enum_col(EngineType::parse, "engine_type", &engine_type)?,
+        host_instance_type,
+        deployment_mode: enum_col(DeploymentMode::parse, "deployment_mode", &mode)?,
+        created_at,
+    })
+}
+
 /// What ListBrokers shows of a broker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerSummaryRecord {
@@ -232,19 +264,23 @@ struct BrokerDetailRow {
     leadership: Option<sqlx::types::Json<(String, Option<String>)>>,
 }
 
-/// DescribeBroker's statement on Postgres. `$3` is the detail version the caller remembers
-/// (see [`super::detail_cache`]): when it is current, the other tables are not read and
-/// their columns are NULL (`detail_cached` says so; `leadership` is NULL for a broker that
-/// has none, too).
+/// DescribeBroker's statement on Postgres, for a batch of brokers (see
+/// [`super::read_batches`]): `$1` the ids, `$3` the detail version the caller remembers of
+/// each (see [`super::detail_cache`]). One row per wanted broker that exists, `ord` its
+/// 1-based place in `$1`. Where the remembered version is current the other tables are not
+/// read and their columns are NULL (`detail_cached` says so; `leadership` is NULL for a
+/// broker that has none, too).
 fn describe_sql_postgres() -> String {
-    let unless_cached =
-        |subquery: &str| format!("CASE WHEN v.detail_version = $3 THEN NULL ELSE ({subquery}) END");
+    let unless_cached = |subquery: &str| {
+        format!("CASE WHEN v.detail_version = q.known THEN NULL ELSE ({subquery}) END")
+    };
     format!(
-        "SELECT {COLUMNS}, v.detail_version, \
-         coalesce(v.detail_version = $3, FALSE) AS detail_cached, \
+        "SELECT q.ord, {COLUMNS}, v.detail_version, \
+         coalesce(v.detail_version = q.known, FALSE) AS detail_cached, \
          {} AS users, {} AS tags, {} AS nodes, {} AS actions, {} AS leadership \
-         FROM brokers b LEFT JOIN broker_detail_versions v ON v.broker_id = b.id \
-         WHERE b.id = $1",
+         FROM unnest($1::text[], $3::int8[]) WITH ORDINALITY AS q(wanted, known, ord) \
+         CROSS JOIN LATERAL (SELECT * FROM brokers WHERE id = q.wanted LIMIT 1) b \
+         LEFT JOIN broker_detail_versions v ON v.broker_id = b.id",
         unless_cached(&format!(
             "SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM \
              (SELECT {USER_COLUMNS} FROM broker_users WHERE broker_id = b.id \
@@ -272,7 +308,9 @@ fn describe_sql_postgres() -> String {
 
 /// [`describe_sql_postgres`]'s row: [`BrokerDetailRow`]'s columns, NULL when cached.
 #[derive(FromRow)]
-struct BrokerDetailVersionedRow {
+pub struct BrokerDetailVersionedRow {
+    /// The row's 1-based place in its batch.
+    pub(super) ord: i64,
     #[sqlx(flatten)]
     broker: BrokerRow,
     /// NULL only for a broker created before migration 0107 ran (none: it backfills).
@@ -319,7 +357,7 @@ fn describe_sql_sqlite() -> String {
     )
 }
 
-static DESCRIBE_SQL_POSTGRES: std::sync::LazyLock<String> =
+pub(super) static DESCRIBE_SQL_POSTGRES: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(describe_sql_postgres);
 static DESCRIBE_SQL_SQLITE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(describe_sql_sqlite);
@@ -376,7 +414,7 @@ fn detail_parts(
 
 /// DescribeBroker lists users without paging; a broker's user count is bounded in practice
 /// by what an operator creates by hand, and this bounds the answer regardless.
-const DESCRIBE_USERS_MAX: i64 = 10_000;
+pub(super) const DESCRIBE_USERS_MAX: i64 = 10_000;
 
 #[derive(FromRow)]
 struct BrokerRow {
@@ -562,15 +600,16 @@ impl Store {
     /// its users, tags, nodes, scheduled maintenance actions and leadership).
     pub async fn broker_describe(&self, id: &BrokerId) -> Result<BrokerDetail, StoreError> {
         let row: BrokerDetailRow = match self {
-            Store::Postgres(_, fast, cache) => {
+            Store::Postgres(_, fast, cache, batches) => {
                 let known = cache.get(id.as_str());
-                let row: Option<BrokerDetailVersionedRow> =
-                    on_fast!(fast, conn => sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
-                        .bind(id.as_str())
-                        .bind(DESCRIBE_USERS_MAX)
-                        .bind(known.as_ref().map(|k| k.version))
-                        .fetch_optional(conn))
-                    .await?;
+                let wanted = (id.as_str().to_owned(), known.as_ref().map(|k| k.version));
+                let row = match batches.describe.read(wanted.clone()).await {
+                    Batched::Answer(row) => row,
+                    Batched::RunAlone => describe_rows_postgres(fast, vec![wanted])
+                        .await?
+                        .pop()
+                        .flatten(),
+                };
                 let row = row.ok_or(StoreError::NotFound("broker"))?;
                 let broker = row.broker.try_into()?;
                 let parts = match known {
@@ -680,50 +719,26 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<BrokerSummaryRecord>, StoreError> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            DateTime<Utc>,
-        );
-        let sql = "SELECT id, name, arn, state, engine_type, host_instance_type, \
-                   deployment_mode, created_at FROM brokers WHERE id > $1 ORDER BY id LIMIT $2";
-        let rows: Vec<Row> = match self {
-            Store::Postgres(_, fast, _) => {
-                on_fast!(fast, conn => sqlx::query_as(sql)
-                    .bind(after.unwrap_or(""))
-                    .bind(limit)
-                    .fetch_all(conn))
-                .await?
+        let rows: Vec<SummaryRow> = match self {
+            Store::Postgres(_, fast, _, batches) => {
+                let wanted = (after.unwrap_or("").to_owned(), limit);
+                return match batches.list.read(wanted.clone()).await {
+                    Batched::Answer(page) => page,
+                    Batched::RunAlone => list_page_postgres(fast, vec![wanted])
+                        .await?
+                        .pop()
+                        .unwrap_or(Ok(Vec::new())),
+                };
             }
             Store::Sqlite(pool) => {
-                sqlx::query_as(sql)
+                sqlx::query_as(LIST_SUMMARIES_SQL)
                     .bind(after.unwrap_or(""))
                     .bind(limit)
                     .fetch_all(pool)
                     .await?
             }
         };
-        rows.into_iter()
-            .map(
-                |(id, name, arn, state, engine_type, host_instance_type, mode, created_at)| {
-                    Ok(BrokerSummaryRecord {
-                        id: BrokerId::from_db(id),
-                        name,
-                        arn,
-                        state: enum_col(BrokerState::parse, "state", &state)?,
-                        engine_type: enum_col(EngineType::parse, "engine_type", &engine_type)?,
-                        host_instance_type,
-                        deployment_mode: enum_col(DeploymentMode::parse, "deployment_mode", &mode)?,
-                        created_at,
-                    })
-                },
-            )
-            .collect()
+        rows.into_iter().map(summary_from_row).collect()
     }
 
     /// Each broker's id, `version` and `generation`, ordered by id, strictly after `after`

@@ -16,6 +16,12 @@
 //! one is bounded by the same acquire timeout as the main pool), and one idle for
 //! [`PING_IDLE_AFTER`](super::PING_IDLE_AFTER) or longer is pinged before it is handed out,
 //! as the main pool does.
+//!
+//! Its sessions always use a statement's generic plan (`plan_cache_mode`). Postgres
+//! otherwise weighs the generic plan against custom ones, and for a statement over an
+//! array parameter (the batched DescribeBroker, the audit batch) the custom plan, which
+//! knows the array's length, always looks cheaper: every execution was planned afresh,
+//! which cost more than running it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +62,7 @@ impl FastPool {
         acquire_timeout: Duration,
         ping_idle_after: Duration,
     ) -> Self {
+        let options = options.options([("plan_cache_mode", "force_generic_plan")]);
         FastPool {
             inner: Arc::new(Inner {
                 options,

@@ -8,6 +8,7 @@
 mod audit;
 mod aws_login;
 mod brokers;
+mod coalesce;
 mod configurations;
 mod cp_lease;
 mod detail_cache;
@@ -18,6 +19,7 @@ mod ids;
 mod maintenance;
 mod nodes;
 mod principals;
+mod read_batches;
 mod replication;
 mod sessions;
 mod tags;
@@ -35,6 +37,7 @@ use sqlx::{ConnectOptions as _, PgPool, SqlitePool};
 
 use detail_cache::DetailCache;
 use fast_pool::FastPool;
+use read_batches::ReadBatches;
 
 pub use audit::{
     AuditDecision, AuditEventRecord, AuditFilter, NewAuditEvent, AUDIT_INSERT_MAX_ROWS,
@@ -79,12 +82,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
-/// Postgres also carries a few dedicated connections for the hottest statements and
-/// DescribeBroker's memory ([`detail_cache`]), used only by the store's own code;
+/// Postgres also carries a few dedicated connections for the hottest statements,
+/// DescribeBroker's memory ([`detail_cache`]) and the hottest reads' batches
+/// ([`read_batches`]), used only
+/// by the store's own code;
 /// `with_pool!` and tests see the main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool, FastPool, Arc<DetailCache>),
+    Postgres(PgPool, FastPool, Arc<DetailCache>, Arc<ReadBatches>),
     Sqlite(SqlitePool),
 }
 
@@ -132,7 +137,8 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;
-            Ok(Store::Postgres(pool, fast, Arc::default()))
+            let batches = Arc::new(ReadBatches::new(&fast));
+            Ok(Store::Postgres(pool, fast, Arc::default(), batches))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("parsing the SQLite URL")?
@@ -181,7 +187,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Store::Postgres(_, fast, _) = self {
+        if let Store::Postgres(_, fast, ..) = self {
             fast.close().await;
         }
         with_pool!(self, pool => pool.close().await)

@@ -146,7 +146,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = Utc::now();
         let pool = match self {
-            Store::Postgres(_, fast, _) => {
+            Store::Postgres(_, fast, ..) => {
                 return user_create_postgres(fast, broker_id, user, now).await
             }
             Store::Sqlite(pool) => pool,
