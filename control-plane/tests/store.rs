@@ -958,3 +958,100 @@ async fn concurrent_describes_and_list_pages_each_get_their_own_answer() {
         }
     }
 }
+
+/// CreateUser coalesces concurrent creations on Postgres (one statement and one commit for
+/// a batch, one generation bump per broker): under a crowd of concurrent creations each
+/// gets exactly its own answer. A user asked for twice at once is created once (the other
+/// is told it exists); a missing broker and one being deleted are not found; every
+/// created user is stored with the generation its creation answered, no later than its
+/// broker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_user_creations_each_get_their_own_answer() {
+    for t in common::stores().await {
+        let s = &t.store;
+        let mut live = Vec::new();
+        for i in 0..6 {
+            let b = s
+                .broker_insert(new_broker(&format!("writers-{i}"), None), vec![])
+                .await
+                .expect("insert");
+            live.push(b.id);
+        }
+        let deleting = s
+            .broker_insert(new_broker("writers-going", None), vec![])
+            .await
+            .expect("insert")
+            .id;
+        s.broker_set_state(
+            &deleting,
+            &[BrokerState::CreationInProgress],
+            BrokerState::DeletionInProgress,
+        )
+        .await
+        .expect("deleting");
+        let missing = BrokerId::generate();
+
+        let mut creations = tokio::task::JoinSet::new();
+        for n in 0..60 {
+            let (st, id) = (s.clone(), live[n % live.len()].clone());
+            let name = format!("user-{n}");
+            creations.spawn(async move {
+                let generation = st.user_create(&id, &user(&name)).await.expect("created");
+                (id, name, generation)
+            });
+        }
+        // The same user, eight times at once: one creation, seven "exists".
+        let mut twins = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (st, id) = (s.clone(), live[0].clone());
+            twins.spawn(async move { st.user_create(&id, &user("twin")).await });
+        }
+        for id in [deleting.clone(), missing.clone()] {
+            let st = s.clone();
+            twins.spawn(async move {
+                let outcome = st.user_create(&id, &user("nobody")).await;
+                assert!(
+                    matches!(outcome, Err(StoreError::NotFound("broker"))),
+                    "{outcome:?}"
+                );
+                Err(StoreError::NotFound("broker"))
+            });
+        }
+        let mut created = Vec::new();
+        while let Some(r) = creations.join_next().await {
+            created.push(r.unwrap_or_else(|e| panic!("{}: {e}", t.backend)));
+        }
+        let (mut ok, mut exists) = (0, 0);
+        while let Some(r) = twins.join_next().await {
+            match r.expect("twin task") {
+                Ok(_) => ok += 1,
+                Err(StoreError::Constraint(Constraint::BrokerUser)) => exists += 1,
+                Err(StoreError::NotFound("broker")) => {}
+                Err(e) => panic!("{}: {e:?}", t.backend),
+            }
+        }
+        assert_eq!((ok, exists), (1, 7), "{}", t.backend);
+
+        for (id, name, generation) in &created {
+            let stored = s.user_get(id, name).await.expect("stored");
+            assert_eq!(
+                stored.pending_generation, *generation,
+                "{}: {name}",
+                t.backend
+            );
+            assert_eq!(stored.pending_change, Some(ChangeType::Create));
+            let broker = s.broker_get(id).await.expect("broker");
+            assert!(broker.generation >= *generation, "{}", t.backend);
+        }
+        for id in &live {
+            let users = s.user_list(id, None, 100).await.expect("list");
+            let want = 10 + usize::from(*id == live[0]);
+            assert_eq!(users.len(), want, "{}: users of {id}", t.backend);
+        }
+        assert!(s
+            .user_list(&deleting, None, 100)
+            .await
+            .expect("list")
+            .is_empty());
+    }
+}

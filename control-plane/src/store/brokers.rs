@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use mooring_agent_protocol::NodeId;
 
+use super::batches::{describe_rows_postgres, list_page_postgres};
 use super::coalesce::Batched;
 use super::detail_cache::DetailParts;
 use super::maintenance::{ActionRow, ACTION_COLUMNS};
-use super::read_batches::{describe_rows_postgres, list_page_postgres};
 use super::tags::upsert_tag;
 use super::users::{insert_user, UserRow, COLUMNS as USER_COLUMNS};
 use super::{
@@ -265,7 +265,7 @@ struct BrokerDetailRow {
 }
 
 /// DescribeBroker's statement on Postgres, for a batch of brokers (see
-/// [`super::read_batches`]): `$1` the ids, `$3` the detail version the caller remembers of
+/// [`super::batches`]): `$1` the ids, `$3` the detail version the caller remembers of
 /// each (see [`super::detail_cache`]). One row per wanted broker that exists, `ord` its
 /// 1-based place in `$1`. Where the remembered version is current the other tables are not
 /// read and their columns are NULL (`detail_cached` says so; `leadership` is NULL for a

@@ -7,6 +7,7 @@
 
 mod audit;
 mod aws_login;
+mod batches;
 mod brokers;
 mod coalesce;
 mod configurations;
@@ -19,10 +20,10 @@ mod ids;
 mod maintenance;
 mod nodes;
 mod principals;
-mod read_batches;
 mod replication;
 mod sessions;
 mod tags;
+mod user_batches;
 mod users;
 
 use std::path::Path;
@@ -35,9 +36,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, PgPool, SqlitePool};
 
+use batches::Batches;
 use detail_cache::DetailCache;
 use fast_pool::FastPool;
-use read_batches::ReadBatches;
 
 pub use audit::{
     AuditDecision, AuditEventRecord, AuditFilter, NewAuditEvent, AUDIT_INSERT_MAX_ROWS,
@@ -83,13 +84,13 @@ const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
 /// Postgres also carries a few dedicated connections for the hottest statements,
-/// DescribeBroker's memory ([`detail_cache`]) and the hottest reads' batches
-/// ([`read_batches`]), used only
+/// DescribeBroker's memory ([`detail_cache`]) and the hottest statements' batches
+/// ([`batches`]), used only
 /// by the store's own code;
 /// `with_pool!` and tests see the main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Postgres(PgPool, FastPool, Arc<DetailCache>, Arc<ReadBatches>),
+    Postgres(PgPool, FastPool, Arc<DetailCache>, Arc<Batches>),
     Sqlite(SqlitePool),
 }
 
@@ -137,7 +138,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .context("connecting to Postgres")?;
-            let batches = Arc::new(ReadBatches::new(&fast));
+            let batches = Arc::new(Batches::new(&fast));
             Ok(Store::Postgres(pool, fast, Arc::default(), batches))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)

@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use super::coalesce::Batched;
 use super::fast_pool::{on_fast, FastPool};
+use super::user_batches::Created;
 use super::{json_list, parse_json_list, with_pool, BrokerId, Store, StoreError};
 use crate::model::{BrokerState, ChangeType};
 
@@ -146,8 +148,18 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = Utc::now();
         let pool = match self {
-            Store::Postgres(_, fast, ..) => {
-                return user_create_postgres(fast, broker_id, user, now).await
+            Store::Postgres(_, fast, _, batches) => {
+                let wanted = (broker_id.clone(), user.clone(), now);
+                return match batches.create_user.read(wanted).await {
+                    Batched::Answer(Created::Done(result)) => result,
+                    Batched::Answer(Created::RunAlone) => {
+                        user_create_postgres(fast, broker_id, user, now).await
+                    }
+                    // The batch task panicked, perhaps after its commit: not rerun.
+                    Batched::RunAlone => Err(StoreError::Corrupt(
+                        "a batch of user creations failed".to_owned(),
+                    )),
+                };
             }
             Store::Sqlite(pool) => pool,
         };

@@ -1,5 +1,6 @@
-//! The API's hottest reads on Postgres, coalesced (see [`super::coalesce`]): concurrent
-//! DescribeBroker requests share one statement, and so do ListBrokers pages.
+//! The API's hottest statements on Postgres, coalesced (see [`super::coalesce`]):
+//! concurrent DescribeBroker requests share one statement, and so do ListBrokers pages and
+//! CreateUser's writes ([`super::user_batches`]).
 //!
 //! Each batch statement takes its keys as arrays and answers every key with a lateral
 //! primary-key lookup (`LIMIT` keeps each lookup an index probe rather than letting the
@@ -17,6 +18,7 @@ use super::brokers::{
 };
 use super::coalesce::Coalescer;
 use super::fast_pool::{on_fast, FastPool};
+use super::user_batches::{create_user_batches, CreateUserBatches};
 use super::{BrokerSummaryRecord, StoreError};
 
 /// Batch statements of one kind running at once. One: reads queue behind the running
@@ -31,25 +33,27 @@ pub type DescribeKey = (String, Option<i64>);
 pub type ListKey = (String, i64);
 type Page = Result<Vec<BrokerSummaryRecord>, StoreError>;
 
-pub struct ReadBatches {
+pub struct Batches {
     pub describe: Coalescer<DescribeKey, Option<BrokerDetailVersionedRow>>,
     pub list: Coalescer<ListKey, Page>,
+    pub create_user: CreateUserBatches,
 }
 
-impl std::fmt::Debug for ReadBatches {
+impl std::fmt::Debug for Batches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadBatches")
+        f.debug_struct("Batches")
             .field("describe", &self.describe)
             .field("list", &self.list)
+            .field("create_user", &self.create_user)
             .finish()
     }
 }
 
-impl ReadBatches {
+impl Batches {
     pub fn new(fast: &FastPool) -> Self {
         let describe_fast = fast.clone();
         let list_fast = fast.clone();
-        ReadBatches {
+        Batches {
             describe: Coalescer::new(
                 BATCHES_RUNNING,
                 Box::new(move |wanted| {
@@ -64,6 +68,7 @@ impl ReadBatches {
                     Box::pin(async move { list_page_postgres(&fast, wanted).await })
                 }),
             ),
+            create_user: create_user_batches(fast),
         }
     }
 }
