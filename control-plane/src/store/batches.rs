@@ -51,23 +51,14 @@ impl std::fmt::Debug for Batches {
 
 impl Batches {
     pub fn new(fast: &FastPool) -> Self {
-        let describe_fast = fast.clone();
-        let list_fast = fast.clone();
+        let (describe_fast, list_fast) = (fast.clone(), fast.clone());
         Batches {
-            describe: Coalescer::new(
-                BATCHES_RUNNING,
-                Box::new(move |wanted| {
-                    let fast = describe_fast.clone();
-                    Box::pin(async move { describe_rows_postgres(&fast, wanted).await })
-                }),
-            ),
-            list: Coalescer::new(
-                BATCHES_RUNNING,
-                Box::new(move |wanted| {
-                    let fast = list_fast.clone();
-                    Box::pin(async move { list_page_postgres(&fast, wanted).await })
-                }),
-            ),
+            describe: Coalescer::new(BATCHES_RUNNING, move |wanted| {
+                describe_rows_postgres(describe_fast.clone(), wanted)
+            }),
+            list: Coalescer::new(BATCHES_RUNNING, move |wanted| {
+                list_page_postgres(list_fast.clone(), wanted)
+            }),
             create_user: create_user_batches(fast),
         }
     }
@@ -76,7 +67,7 @@ impl Batches {
 /// Runs [`DESCRIBE_SQL_POSTGRES`] for `wanted`: one answer per entry, in order, `None` for
 /// a broker that does not exist.
 pub async fn describe_rows_postgres(
-    fast: &FastPool,
+    fast: FastPool,
     wanted: Vec<DescribeKey>,
 ) -> Result<Vec<Option<BrokerDetailVersionedRow>>, StoreError> {
     let (ids, known): (Vec<String>, Vec<Option<i64>>) = wanted.into_iter().unzip();
@@ -98,7 +89,7 @@ pub async fn describe_rows_postgres(
 /// ListBrokers' pages for `wanted`, one per entry and in order, each page read once
 /// however many entries ask for it.
 pub async fn list_page_postgres(
-    fast: &FastPool,
+    fast: FastPool,
     wanted: Vec<ListKey>,
 ) -> Result<Vec<Page>, StoreError> {
     const SQL: &str = "SELECT q.ord, b.id, b.name, b.arn, b.state, b.engine_type, \

@@ -605,7 +605,7 @@ impl Store {
                 let wanted = (id.as_str().to_owned(), known.as_ref().map(|k| k.version));
                 let row = match batches.describe.read(wanted.clone()).await {
                     Batched::Answer(row) => row,
-                    Batched::RunAlone => describe_rows_postgres(fast, vec![wanted])
+                    Batched::RunAlone => describe_rows_postgres(fast.clone(), vec![wanted])
                         .await?
                         .pop()
                         .flatten(),
@@ -724,7 +724,7 @@ impl Store {
                 let wanted = (after.unwrap_or("").to_owned(), limit);
                 return match batches.list.read(wanted.clone()).await {
                     Batched::Answer(page) => page,
-                    Batched::RunAlone => list_page_postgres(fast, vec![wanted])
+                    Batched::RunAlone => list_page_postgres(fast.clone(), vec![wanted])
                         .await?
                         .pop()
                         .unwrap_or(Ok(Vec::new())),

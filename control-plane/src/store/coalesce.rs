@@ -14,6 +14,7 @@
 //! up) strands nobody. When a batch fails, or its task panics, each of its reads is told
 //! to run alone ([`Batched::RunAlone`]) and so gets its own error, or its answer.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -26,8 +27,7 @@ use super::StoreError;
 pub const MAX_BATCH: usize = 64;
 
 /// The batch statement: answers for `keys`, one per key and in their order.
-pub type BatchFn<K, V> =
-    dyn Fn(Vec<K>) -> BoxFuture<'static, Result<Vec<V>, StoreError>> + Send + Sync;
+type BatchFn<K, V> = dyn Fn(Vec<K>) -> BoxFuture<'static, Result<Vec<V>, StoreError>> + Send + Sync;
 
 /// What a queued read gets back.
 #[derive(Debug)]
@@ -65,10 +65,14 @@ impl<K, V> std::fmt::Debug for Coalescer<K, V> {
 
 impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
     /// A coalescer whose batches run `run`, at most `max_running` at a time.
-    pub fn new(max_running: usize, run: Box<BatchFn<K, V>>) -> Self {
+    pub fn new<F, Fut>(max_running: usize, run: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<V>, StoreError>> + Send + 'static,
+    {
         Coalescer {
             shared: Arc::new(Shared {
-                run,
+                run: Box::new(move |keys| Box::pin(run(keys))),
                 max_running: max_running.max(1),
                 state: Mutex::new(State {
                     queue: Vec::new(),
@@ -158,14 +162,18 @@ mod tests {
 
     use super::*;
 
-    fn doubling(statements: Arc<AtomicUsize>, largest: Arc<AtomicUsize>) -> Box<BatchFn<u32, u32>> {
-        Box::new(move |keys: Vec<u32>| {
+    fn doubling(
+        max_running: usize,
+        statements: Arc<AtomicUsize>,
+        largest: Arc<AtomicUsize>,
+    ) -> Coalescer<u32, u32> {
+        Coalescer::new(max_running, move |keys: Vec<u32>| {
             statements.fetch_add(1, Ordering::SeqCst);
             largest.fetch_max(keys.len(), Ordering::SeqCst);
-            Box::pin(async move {
+            async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok(keys.into_iter().map(|k| k * 2).collect())
-            })
+            }
         })
     }
 
@@ -173,10 +181,7 @@ mod tests {
     async fn concurrent_reads_share_statements_and_each_gets_its_own_answer() {
         let statements = Arc::new(AtomicUsize::new(0));
         let largest = Arc::new(AtomicUsize::new(0));
-        let c = Arc::new(Coalescer::new(
-            1,
-            doubling(statements.clone(), largest.clone()),
-        ));
+        let c = Arc::new(doubling(1, statements.clone(), largest.clone()));
         let reads: Vec<_> = (0..200u32)
             .map(|k| {
                 let c = Arc::clone(&c);
@@ -211,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_read_runs_at_once() {
         let statements = Arc::new(AtomicUsize::new(0));
-        let c = Coalescer::new(2, doubling(statements.clone(), Arc::default()));
+        let c = doubling(2, statements.clone(), Arc::default());
         assert!(matches!(c.read(3).await, Batched::Answer(6)));
         assert!(matches!(c.read(4).await, Batched::Answer(8)));
         assert_eq!(statements.load(Ordering::SeqCst), 2);
@@ -224,17 +229,14 @@ mod tests {
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
         let started = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
         let seen = Arc::clone(&started);
-        let c = Arc::new(Coalescer::new(
-            1,
-            Box::new(move |keys: Vec<u32>| {
-                seen.lock().push(keys.clone());
-                let mut release = release_rx.clone();
-                Box::pin(async move {
-                    let _ = release.wait_for(|r| *r).await;
-                    Ok(keys)
-                })
-            }),
-        ));
+        let c = Arc::new(Coalescer::new(1, move |keys: Vec<u32>| {
+            seen.lock().push(keys.clone());
+            let mut release = release_rx.clone();
+            async move {
+                let _ = release.wait_for(|r| *r).await;
+                Ok(keys)
+            }
+        }));
         let first = tokio::spawn({
             let c = Arc::clone(&c);
             async move { c.read(1).await }
@@ -263,18 +265,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_or_panicking_batch_sends_its_reads_to_run_alone() {
-        let c = Coalescer::new(
-            1,
-            Box::new(|keys: Vec<u32>| {
-                Box::pin(async move {
-                    match keys[0] {
-                        0 => Err(StoreError::NotFound("broker")),
-                        1 => panic!("batch statement panicked"),
-                        _ => Ok(keys),
-                    }
-                })
-            }),
-        );
+        let c = Coalescer::new(1, |keys: Vec<u32>| async move {
+            match keys[0] {
+                0 => Err(StoreError::NotFound("broker")),
+                1 => panic!("batch statement panicked"),
+                _ => Ok(keys),
+            }
+        });
         assert!(matches!(c.read(0).await, Batched::RunAlone));
         assert!(matches!(c.read(1).await, Batched::RunAlone));
         // The panicked task gave its place back.

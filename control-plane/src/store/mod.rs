@@ -83,11 +83,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const FAST_POOL_SIZE: usize = 8;
 
 /// A handle on the database; cheap to clone (the pools are reference counted).
-/// Postgres also carries a few dedicated connections for the hottest statements,
-/// DescribeBroker's memory ([`detail_cache`]) and the hottest statements' batches
-/// ([`batches`]), used only
-/// by the store's own code;
-/// `with_pool!` and tests see the main pool.
+/// Postgres also carries a few dedicated connections for the hottest statements, the
+/// batches that coalesce them ([`batches`]) and DescribeBroker's memory
+/// ([`detail_cache`]), used only by the store's own code; `with_pool!` and tests see the
+/// main pool.
 #[derive(Clone, Debug)]
 pub enum Store {
     Postgres(PgPool, FastPool, Arc<DetailCache>, Arc<Batches>),

@@ -42,13 +42,10 @@ pub type CreateUserBatches = Coalescer<CreateKey, Created>;
 
 pub fn create_user_batches(fast: &FastPool) -> CreateUserBatches {
     let fast = fast.clone();
-    Coalescer::new(
-        BATCHES_RUNNING,
-        Box::new(move |wanted| {
-            let fast = fast.clone();
-            Box::pin(async move { Ok(create_users(&fast, wanted).await) })
-        }),
-    )
+    Coalescer::new(BATCHES_RUNNING, move |wanted| {
+        let fast = fast.clone();
+        async move { Ok(create_users(&fast, wanted).await) }
+    })
 }
 
 const SQL: &str = "WITH req AS ( \
