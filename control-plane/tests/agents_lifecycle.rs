@@ -287,7 +287,7 @@ async fn real_agents_from_creation_to_deletion() {
 
     // A user change reaches the node and stops being pending.
     let generation = store
-        .user_create(&a, &new_user("bob"))
+        .user_create(&a, &new_user("bob"), None)
         .await
         .expect("user recorded");
     wait_for("the node to apply the user change", || async {

@@ -483,3 +483,57 @@ async fn mutating_requests_fail_rather_than_run_unaudited() {
     assert_eq!(statuses, vec![200, 500, 500], "{page}");
     api.store.finish().await;
 }
+
+/// CreateUser's success record commits with the user (one commit, not two): it is in the
+/// trail once, under the request id the client was answered with, and a refused creation
+/// is recorded with its error as any request is.
+#[tokio::test]
+async fn a_created_user_is_recorded_once_with_its_creation() {
+    for store in stores().await {
+        let api = TestApi::new(store).await;
+        let (broker, broker_arn) = create_broker(&api, "users-1", "dev").await;
+        let uri = format!("/v1/brokers/{broker}/users/alice");
+        let body = json!({ "password": "correct-horse-battery" });
+        let created = api.post(&uri, body.clone()).await;
+        let created_id = created.request_id.clone().expect("a request id");
+        created.ok();
+        let twice = api.post(&uri, body.clone()).await;
+        let twice_id = twice.request_id.clone().expect("a request id");
+        twice.error("ConflictException", 409);
+        let missing = api
+            .post(
+                "/v1/brokers/b-00000000-0000-4000-8000-000000000000/users/alice",
+                body,
+            )
+            .await;
+        let missing_id = missing.request_id.clone().expect("a request id");
+        missing.error("NotFoundException", 404);
+
+        let page = api.get("/v1/audit-events?action=mq:CreateUser").await.ok();
+        let found = events(&page);
+        let ids: Vec<&str> = found
+            .iter()
+            .map(|e| e["requestId"].as_str().expect("id"))
+            .collect();
+        assert_eq!(
+            ids,
+            [missing_id.as_str(), twice_id.as_str(), created_id.as_str()],
+            "{}: {page}",
+            api.store.backend
+        );
+        let (missing, twice, created) = (&found[0], &found[1], &found[2]);
+        assert_eq!(created["decision"], "allowed");
+        assert_eq!(created["httpStatus"], 200);
+        assert_eq!(created["resource"], broker_arn.as_str());
+        assert_eq!(
+            created["principal"],
+            "arn:aws:iam::000000000000:user/test-admin"
+        );
+        assert!(created.get("errorCode").is_none(), "{created}");
+        assert_eq!(twice["httpStatus"], 409);
+        assert_eq!(twice["errorCode"], "ConflictException");
+        assert_eq!(missing["httpStatus"], 404);
+        assert_eq!(missing["errorCode"], "NotFoundException");
+        api.store.finish().await;
+    }
+}

@@ -9,8 +9,8 @@ use mooring_control_plane::model::{
     AuthenticationStrategy, BrokerState, ChangeType, DeploymentMode, EngineType,
 };
 use mooring_control_plane::store::{
-    BrokerId, ConfigurationId, Constraint, NewBroker, NewConfiguration, NewUser, Store, StoreError,
-    UserUpdate,
+    AuditDecision, AuditFilter, BrokerId, ConfigurationId, Constraint, NewAuditEvent, NewBroker,
+    NewConfiguration, NewUser, Store, StoreError, UserUpdate,
 };
 
 fn new_broker(name: &str, token: Option<&str>) -> NewBroker {
@@ -299,9 +299,12 @@ async fn user_changes_stay_pending_until_their_generation_is_applied() {
             (Some(ChangeType::Create), 1)
         );
 
-        let g2 = s.user_create(&b.id, &user("app")).await.expect("create");
+        let g2 = s
+            .user_create(&b.id, &user("app"), None)
+            .await
+            .expect("create");
         assert_eq!(g2, 2, "{}: a user change bumps the generation", t.backend);
-        let dup = s.user_create(&b.id, &user("app")).await;
+        let dup = s.user_create(&b.id, &user("app"), None).await;
         assert!(
             matches!(dup, Err(StoreError::Constraint(Constraint::BrokerUser))),
             "{}: {dup:?}",
@@ -409,9 +412,13 @@ async fn user_changes_stay_pending_until_their_generation_is_applied() {
         );
 
         // A user pending deletion can be created again.
-        s.user_create(&b.id, &user("admin2")).await.expect("create");
+        s.user_create(&b.id, &user("admin2"), None)
+            .await
+            .expect("create");
         s.user_delete(&b.id, "admin2").await.expect("delete");
-        s.user_create(&b.id, &user("admin2")).await.expect("revive");
+        s.user_create(&b.id, &user("admin2"), None)
+            .await
+            .expect("revive");
         assert_eq!(
             s.user_get(&b.id, "admin2")
                 .await
@@ -436,7 +443,7 @@ async fn user_changes_stay_pending_until_their_generation_is_applied() {
             .await
             .expect("set"));
         assert!(matches!(
-            s.user_create(&b.id, &user("late")).await,
+            s.user_create(&b.id, &user("late"), None).await,
             Err(StoreError::NotFound("broker"))
         ));
         s.broker_remove(&b.id).await.expect("remove");
@@ -622,8 +629,10 @@ async fn broker_describe_matches_the_separate_reads() {
         let mut console = user("amy");
         console.console_access = true;
         console.groups = vec!["g1".to_owned(), "g2".to_owned()];
-        s.user_create(&b.id, &console).await.expect("user");
-        s.user_create(&b.id, &user("gone")).await.expect("user");
+        s.user_create(&b.id, &console, None).await.expect("user");
+        s.user_create(&b.id, &user("gone"), None)
+            .await
+            .expect("user");
         s.user_delete(&b.id, "gone").await.expect("delete");
 
         // Empty aggregates first: no nodes, actions nor leadership yet.
@@ -750,7 +759,10 @@ async fn broker_describe_sees_every_change_after_a_remembered_read() {
         assert_eq!(names(&describe().await), names(&describe().await));
 
         // Users: created, changed, applied, deleted.
-        let generation = s.user_create(&b.id, &user("amy")).await.expect("create");
+        let generation = s
+            .user_create(&b.id, &user("amy"), None)
+            .await
+            .expect("create");
         assert_eq!(describe().await.users.len(), 2, "{}", t.backend);
         s.user_update(
             &b.id,
@@ -946,7 +958,9 @@ async fn concurrent_describes_and_list_pages_each_get_their_own_answer() {
         }
 
         // A write that finished before the reads began shows in every one of them.
-        s.user_create(&ids[0], &user("late")).await.expect("create");
+        s.user_create(&ids[0], &user("late"), None)
+            .await
+            .expect("create");
         let mut reads = tokio::task::JoinSet::new();
         for _ in 0..16 {
             let (st, id) = (s.clone(), ids[0].clone());
@@ -964,9 +978,24 @@ async fn concurrent_describes_and_list_pages_each_get_their_own_answer() {
 /// gets exactly its own answer. A user asked for twice at once is created once (the other
 /// is told it exists); a missing broker and one being deleted are not found; every
 /// created user is stored with the generation its creation answered, no later than its
-/// broker's.
+/// broker's. Each request's audit record is in the trail exactly when its user was
+/// created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_user_creations_each_get_their_own_answer() {
+    // The record of the request `id`, as the HTTP layer would hand it over.
+    fn record(id: &str) -> Option<NewAuditEvent> {
+        Some(NewAuditEvent {
+            occurred_at: Utc::now().trunc_subsecs(6),
+            request_id: id.to_owned(),
+            principal: "arn:aws:iam::000000000000:user/admin".to_owned(),
+            action: Some("mq:CreateUser".to_owned()),
+            resource: Some(format!("arn:aws:mq:us-east-1:000000000000:broker:x:{id}")),
+            decision: AuditDecision::Allowed,
+            http_status: 200,
+            error_code: None,
+            source_ip: (id.len() % 2 == 0).then(|| "127.0.0.1".to_owned()),
+        })
+    }
     for t in common::stores().await {
         let s = &t.store;
         let mut live = Vec::new();
@@ -996,20 +1025,26 @@ async fn concurrent_user_creations_each_get_their_own_answer() {
             let (st, id) = (s.clone(), live[n % live.len()].clone());
             let name = format!("user-{n}");
             creations.spawn(async move {
-                let generation = st.user_create(&id, &user(&name)).await.expect("created");
+                let audit = record(&format!("req-{name}"));
+                let generation = st
+                    .user_create(&id, &user(&name), audit.as_ref())
+                    .await
+                    .expect("created");
                 (id, name, generation)
             });
         }
         // The same user, eight times at once: one creation, seven "exists".
         let mut twins = tokio::task::JoinSet::new();
-        for _ in 0..8 {
+        for n in 0..8 {
             let (st, id) = (s.clone(), live[0].clone());
-            twins.spawn(async move { st.user_create(&id, &user("twin")).await });
+            let audit = record(&format!("req-twin-{n}"));
+            twins.spawn(async move { st.user_create(&id, &user("twin"), audit.as_ref()).await });
         }
         for id in [deleting.clone(), missing.clone()] {
             let st = s.clone();
             twins.spawn(async move {
-                let outcome = st.user_create(&id, &user("nobody")).await;
+                let audit = record(&format!("req-nobody-{id}"));
+                let outcome = st.user_create(&id, &user("nobody"), audit.as_ref()).await;
                 assert!(
                     matches!(outcome, Err(StoreError::NotFound("broker"))),
                     "{outcome:?}"
@@ -1053,5 +1088,42 @@ async fn concurrent_user_creations_each_get_their_own_answer() {
             .await
             .expect("list")
             .is_empty());
+
+        // Sixty creations and one twin were recorded, each once and as handed over.
+        let trail = s
+            .audit_list(&AuditFilter::default(), 1000)
+            .await
+            .expect("trail");
+        let mut recorded: Vec<&str> = trail.iter().map(|r| r.event.request_id.as_str()).collect();
+        recorded.sort_unstable();
+        let twins_recorded = recorded
+            .iter()
+            .filter(|id| id.starts_with("req-twin-"))
+            .count();
+        assert_eq!(twins_recorded, 1, "{}: {recorded:?}", t.backend);
+        assert!(
+            !recorded.iter().any(|id| id.starts_with("req-nobody-")),
+            "{}",
+            t.backend
+        );
+        assert_eq!(recorded.len(), 61, "{}: {recorded:?}", t.backend);
+        recorded.dedup();
+        assert_eq!(recorded.len(), 61, "{}: a record written twice", t.backend);
+        for (_, name, _) in &created {
+            let id = format!("req-{name}");
+            let stored = trail
+                .iter()
+                .find(|r| r.event.request_id == id)
+                .unwrap_or_else(|| panic!("{}: no record of {id}", t.backend));
+            assert_eq!(
+                Some(stored.event.clone()),
+                record(&id).map(|mut e| {
+                    e.occurred_at = stored.event.occurred_at;
+                    e
+                }),
+                "{}",
+                t.backend
+            );
+        }
     }
 }

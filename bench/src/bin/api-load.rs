@@ -260,12 +260,23 @@ fn tree_cpu_seconds(root: u32) -> Option<f64> {
 
 /// The request `op` sends as the client's `n`-th.
 fn request_for(op: Op, n: u64, client: u64, ids: &[String], page: u64) -> (&'static str, String) {
-    let broker = &ids[(n as usize) % ids.len()];
+    // Each client walks the brokers in its own pseudo-random order, as independent clients
+    // would (walking them all in the same order, the clients would move in step, all
+    // writing the same broker at once).
+    let spread = (n ^ client.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    let broker = &ids[(spread as usize) % ids.len()];
     match op {
         Op::Healthz => ("GET", "/healthz".to_owned()),
         Op::DescribeBroker => ("GET", format!("/v1/brokers/{broker}")),
         Op::ListBrokers => ("GET", format!("/v1/brokers?maxResults={page}")),
-        Op::CreateUser => ("POST", format!("/v1/brokers/{broker}/users/u{client}-{n}")),
+        // The process id keeps runs against the same brokers from creating the same users.
+        Op::CreateUser => (
+            "POST",
+            format!(
+                "/v1/brokers/{broker}/users/u{}-{client}-{n}",
+                std::process::id()
+            ),
+        ),
     }
 }
 

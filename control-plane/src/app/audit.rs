@@ -9,7 +9,13 @@
 //! requests) is handed to the writer without waiting and committed within
 //! [`READ_FLUSH_DELAY`]: a crash may lose the last ~100 ms of those.
 //!
-//! Group commit. One writer task owns the database side. It takes whatever records
+//! A handler may instead commit its request's success record with the change itself
+//! (CreateUser does, `http::audit::change_record`): one commit instead of two, and the change
+//! cannot commit without its record. Such rows take their `seq` from the same sequence, so
+//! `seq` orders rows by when they were inserted, which can differ from commit order by one
+//! in-flight transaction.
+//!
+//! Group commit. One writer task owns the rest of the database side. It takes whatever records
 //! are queued and writes them in one INSERT, so concurrent requests share one commit
 //! instead of paying one each; durable records flush at once, others wait at most
 //! [`READ_FLUSH_DELAY`] for company. Records nobody waits for do not wake the writer

@@ -8,7 +8,9 @@ use super::{paging, password, validate, AppState};
 use crate::api::{CreateUserRequest, PageQuery, UpdateUserRequest};
 use crate::error::ApiError;
 use crate::model::BrokerState;
-use crate::store::{BrokerRecord, Constraint, NewUser, StoreError, UserRecord, UserUpdate};
+use crate::store::{
+    BrokerRecord, Constraint, NewAuditEvent, NewUser, StoreError, UserRecord, UserUpdate,
+};
 
 const LIST_DEFAULT: i64 = 100;
 
@@ -67,11 +69,14 @@ fn user_write_error(e: StoreError, broker_id: &str, username: &str) -> ApiError 
     }
 }
 
+/// `audit`: the request's success record, committed with the user (see
+/// `Store::user_create`).
 pub async fn create_user(
     state: &AppState,
     broker_id: &str,
     username: &str,
     req: CreateUserRequest,
+    audit: Option<&NewAuditEvent>,
 ) -> Result<i64, ApiError> {
     validate::username(username)?;
     let pw = req.password.ok_or_else(|| {
@@ -94,7 +99,7 @@ pub async fn create_user(
         groups,
         replication_user: false,
     };
-    let generation = match state.store.user_create(&id, &user).await {
+    let generation = match state.store.user_create(&id, &user, audit).await {
         Ok(generation) => generation,
         Err(StoreError::NotFound("broker")) => {
             // Missing, or being deleted: live_broker tells which.

@@ -19,11 +19,13 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::ApiQuery;
+use super::observe;
 use super::tls::SecureTransport;
 use crate::api::ErrorBody;
 use crate::app::audit::{self as app_audit, AuditQuery};
@@ -47,11 +49,16 @@ struct Note {
     decision: Option<AuditDecision>,
     /// An allowed action that may change state: answered only once recorded.
     durable: bool,
+    /// The handler committed the request's success record with its change
+    /// ([`change_record`]), so no other is written if it succeeds.
+    recorded_with_change: bool,
 }
 
 #[derive(Clone)]
 struct Scope {
     note: Arc<Mutex<Note>>,
+    occurred_at: DateTime<Utc>,
+    request_id: RequestId,
     source_ip: Option<IpAddr>,
     secure_transport: bool,
     /// Whether the audit trail can be written (see `AuditLog::healthy`).
@@ -115,6 +122,44 @@ impl From<AuditUnavailable> for ApiError {
             "refusing a mutating request: the audit trail cannot be written"
         ))
     }
+}
+
+/// The request's id, chosen here (the audit layer is outermost) and answered as
+/// `x-amzn-RequestId` by `observe::request_id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The record the allowed mutating request in scope gets if it succeeds (status 200), for
+/// a handler whose store write commits it together with the change: cheaper than a
+/// separate commit, and the change cannot commit without its record. The handler calls
+/// [`note_recorded_with_change`] once that write committed. `None` outside an audited
+/// request, or when the request is not an authenticated, allowed, mutating one.
+pub(super) fn change_record() -> Option<NewAuditEvent> {
+    SCOPE
+        .try_with(|scope| {
+            let note = scope.note.lock();
+            if !note.durable || note.decision != Some(AuditDecision::Allowed) {
+                return None;
+            }
+            Some(NewAuditEvent {
+                occurred_at: scope.occurred_at,
+                request_id: scope.request_id.0.clone(),
+                principal: note.principal.clone()?,
+                action: note.action.clone(),
+                resource: note.resource.clone(),
+                decision: AuditDecision::Allowed,
+                http_status: StatusCode::OK.as_u16(),
+                error_code: None,
+                source_ip: scope.source_ip.map(|ip| ip.to_string()),
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+/// The record from [`change_record`] committed with the request's change.
+pub(super) fn note_recorded_with_change() {
+    with_note(|n| n.recorded_with_change = true);
 }
 
 /// The peer's address, when the server knows it (`aws:SourceIp`).
@@ -245,8 +290,13 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         request
     };
 
+    let request_id = RequestId(observe::new_request_id());
+    let mut request = request;
+    request.extensions_mut().insert(request_id.clone());
     let scope = Scope {
         note: Arc::new(Mutex::new(Note::default())),
+        occurred_at,
+        request_id,
         source_ip,
         secure_transport,
         audit: state.audit.clone(),
@@ -298,6 +348,10 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         error_code,
         source_ip: source_ip.map(|ip| ip.to_string()),
     };
+    if note.recorded_with_change && event.http_status == StatusCode::OK.as_u16() {
+        // Already committed, exactly as `change_record` built it.
+        return response;
+    }
     if !note.durable {
         state.audit.append(event).await;
         return response;

@@ -6,6 +6,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::audit::RequestId;
 use crate::app::AppState;
 
 pub async fn record_latency(
@@ -31,13 +32,22 @@ pub async fn record_latency(
     response
 }
 
+/// A fresh request id: a v4 UUID from the thread's RNG (`Uuid::new_v4` asks the kernel, a
+/// system call per request).
+pub fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 /// Gives every response an `x-amzn-RequestId`, as AWS services do (SDKs surface it in
 /// their response metadata and error messages), and logs requests with it.
 pub async fn request_id(request: Request, next: Next) -> Response {
-    // A v4 UUID from the thread's RNG: `Uuid::new_v4` asks the kernel (a syscall per request).
-    let id = uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string();
+    // Chosen by the audit layer around this one, which records it.
+    let id = match request.extensions().get::<RequestId>() {
+        Some(RequestId(id)) => id.clone(),
+        None => new_request_id(),
+    };
     let span = tracing::debug_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {

@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 
+use super::audit;
 use super::extract::{ApiJson, ApiQuery};
 use super::views;
 use crate::api::*;
@@ -20,7 +21,12 @@ pub async fn create_user(
     Path((broker_id, username)): Path<(String, String)>,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<Json<Empty>, ApiError> {
-    users::create_user(&state, &broker_id, &username, req).await?;
+    // The success record commits with the user: one commit, not two.
+    let record = audit::change_record();
+    users::create_user(&state, &broker_id, &username, req, record.as_ref()).await?;
+    if record.is_some() {
+        audit::note_recorded_with_change();
+    }
     Ok(Json(Empty {}))
 }
 

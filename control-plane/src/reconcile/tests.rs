@@ -418,7 +418,7 @@ async fn converged_brokers_wait_until_their_row_changes() {
         groups: vec![],
         replication_user: false,
     };
-    h.store.user_create(&id, &user).await.expect("user");
+    h.store.user_create(&id, &user, None).await.expect("user");
     provision_pass(&h.provisioner, &mut schedule)
         .await
         .expect("pass");

@@ -136,27 +136,8 @@ impl Store {
         match self {
             Store::Postgres(_, fast, ..) => audit_insert_postgres(fast, events).await,
             Store::Sqlite(pool) => {
-                // In as few statements as [`AUDIT_INSERT_MAX_ROWS`] allows, in one
-                // transaction (SQLite has no arrays to bind a batch as).
                 let mut tx = pool.begin().await?;
-                for chunk in events.chunks(AUDIT_INSERT_MAX_ROWS) {
-                    let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO audit_events (occurred_at, request_id, principal, action, \
-                         resource, decision, http_status, error_code, source_ip) ",
-                    );
-                    insert.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.occurred_at)
-                            .push_bind(e.request_id.as_str())
-                            .push_bind(e.principal.as_str())
-                            .push_bind(e.action.as_deref())
-                            .push_bind(e.resource.as_deref())
-                            .push_bind(e.decision.as_str())
-                            .push_bind(i32::from(e.http_status))
-                            .push_bind(e.error_code.as_deref())
-                            .push_bind(e.source_ip.as_deref());
-                    });
-                    insert.build().execute(&mut *tx).await?;
-                }
+                audit_insert_sqlite(&mut tx, events).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -219,6 +200,33 @@ impl Store {
         });
         Ok(deleted)
     }
+}
+
+/// Appends `events` inside the caller's SQLite transaction, in as few statements as
+/// [`AUDIT_INSERT_MAX_ROWS`] allows (SQLite has no arrays to bind a batch as).
+pub(super) async fn audit_insert_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    events: &[NewAuditEvent],
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(AUDIT_INSERT_MAX_ROWS) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO audit_events (occurred_at, request_id, principal, action, resource, \
+             decision, http_status, error_code, source_ip) ",
+        );
+        insert.push_values(chunk, |mut row, e| {
+            row.push_bind(e.occurred_at)
+                .push_bind(e.request_id.as_str())
+                .push_bind(e.principal.as_str())
+                .push_bind(e.action.as_deref())
+                .push_bind(e.resource.as_deref())
+                .push_bind(e.decision.as_str())
+                .push_bind(i32::from(e.http_status))
+                .push_bind(e.error_code.as_deref())
+                .push_bind(e.source_ip.as_deref());
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// A batch on Postgres: one autocommitted statement binding one array per column, on the

@@ -6,10 +6,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use super::audit::audit_insert_sqlite;
 use super::coalesce::Batched;
-use super::fast_pool::{on_fast, FastPool};
-use super::user_batches::Created;
-use super::{json_list, parse_json_list, with_pool, BrokerId, Store, StoreError};
+use super::user_batches::{create_user_alone, Created, UserCreation};
+use super::{json_list, parse_json_list, with_pool, BrokerId, NewAuditEvent, Store, StoreError};
 use crate::model::{BrokerState, ChangeType};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,20 +140,28 @@ macro_rules! bump_generation {
 
 impl Store {
     /// Records a new user, pending CREATE, and bumps the broker's generation.
-    /// Returns the generation the nodes must reach for the user to exist.
+    /// Returns the generation the nodes must reach for the user to exist. `audit`, the
+    /// request's record, commits with the user (and is not written if the user is not
+    /// created), so a created user is never missing from the audit trail.
     pub async fn user_create(
         &self,
         broker_id: &BrokerId,
         user: &NewUser,
+        audit: Option<&NewAuditEvent>,
     ) -> Result<i64, StoreError> {
         let now = Utc::now();
         let pool = match self {
             Store::Postgres(_, fast, _, batches) => {
-                let wanted = (broker_id.clone(), user.clone(), now);
-                return match batches.create_user.read(wanted).await {
+                let creation = || UserCreation {
+                    broker_id: broker_id.clone(),
+                    user: user.clone(),
+                    at: now,
+                    audit: audit.cloned(),
+                };
+                return match batches.create_user.read(creation()).await {
                     Batched::Answer(Created::Done(result)) => result,
                     Batched::Answer(Created::RunAlone) => {
-                        user_create_postgres(fast, broker_id, user, now).await
+                        create_user_alone(fast, &creation()).await
                     }
                     // The batch task panicked, perhaps after its commit: not rerun.
                     Batched::RunAlone => Err(StoreError::Corrupt(
@@ -173,6 +181,9 @@ impl Store {
             generation,
             now
         );
+        if let Some(event) = audit {
+            audit_insert_sqlite(&mut tx, std::slice::from_ref(event)).await?;
+        }
         tx.commit().await?;
         Ok(generation)
     }
@@ -326,53 +337,5 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
-    }
-}
-
-/// [`Store::user_create`] on Postgres in one statement, so one round trip instead of five
-/// (BEGIN, bump, insert, COMMIT): CreateUser is the API's hottest write. `broker` locks the
-/// broker row (`FOR UPDATE` reads its latest generation even when a concurrent bump
-/// committed after our snapshot); the user is inserted at the next generation; the broker is
-/// bumped to it only when the insert happened, so a conflict changes nothing.
-async fn user_create_postgres(
-    fast: &FastPool,
-    broker_id: &BrokerId,
-    user: &NewUser,
-    now: DateTime<Utc>,
-) -> Result<i64, StoreError> {
-    let query = sqlx::query_as(
-        "WITH broker AS ( \
-             SELECT generation + 1 AS generation FROM brokers \
-             WHERE id = $1 AND state <> $9 FOR UPDATE \
-         ), added AS ( \
-             INSERT INTO broker_users (broker_id, username, password_hash, console_access, \
-                 groups, replication_user, pending_change, pending_generation, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, broker.generation, $8 FROM broker \
-             ON CONFLICT (broker_id, username) DO UPDATE SET password_hash = $3, \
-                 console_access = $4, groups = $5, replication_user = $6, pending_change = $7, \
-                 pending_generation = EXCLUDED.pending_generation \
-             WHERE broker_users.pending_change = 'DELETE' \
-             RETURNING pending_generation \
-         ), bumped AS ( \
-             UPDATE brokers SET generation = added.pending_generation, updated_at = $8 \
-             FROM added WHERE brokers.id = $1 RETURNING brokers.generation \
-         ) \
-         SELECT EXISTS (SELECT 1 FROM broker), (SELECT generation FROM bumped)",
-    )
-    .bind(broker_id.as_str())
-    .bind(&user.username)
-    .bind(&user.password_hash)
-    .bind(user.console_access)
-    .bind(json_list(&user.groups))
-    .bind(user.replication_user)
-    .bind(ChangeType::Create.as_str())
-    .bind(now)
-    .bind(BrokerState::DeletionInProgress.as_str());
-    let (live, generation): (bool, Option<i64>) =
-        on_fast!(fast, conn => query.fetch_one(conn)).await?;
-    match (live, generation) {
-        (false, _) => Err(StoreError::NotFound("broker")),
-        (true, None) => Err(StoreError::Constraint(super::Constraint::BrokerUser)),
-        (true, Some(generation)) => Ok(generation),
     }
 }
