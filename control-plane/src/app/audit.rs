@@ -325,6 +325,9 @@ impl Writer {
             self.healthy.store(true, Ordering::Release);
             return;
         }
+        // In the order the requests arrived: a durable record is taken before the others
+        // queued with it, and `seq` would otherwise put a request before an earlier one.
+        self.pending.sort_by_key(|(event, _)| event.occurred_at);
         let events: Vec<NewAuditEvent> = self.pending.iter().map(|(e, _)| e.clone()).collect();
         match self.store.audit_insert(&events).await {
             Ok(()) => {
