@@ -993,7 +993,7 @@ async fn concurrent_user_creations_each_get_their_own_answer() {
             decision: AuditDecision::Allowed,
             http_status: 200,
             error_code: None,
-            source_ip: (id.len() % 2 == 0).then(|| "127.0.0.1".to_owned()),
+            source_ip: id.len().is_multiple_of(2).then(|| "127.0.0.1".to_owned()),
         })
     }
     for t in common::stores().await {
