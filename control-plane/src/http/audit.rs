@@ -9,6 +9,9 @@
 //! `iam.rs` and `throttle.rs`, so none of them passes audit state around. The same
 //! scope carries the connection's facts (peer address, TLS) to the policy context
 //! ([`source_ip`], [`secure_transport`]), which `iam.rs` has no request to read from.
+//!
+//! A handler whose store write can carry the record (CreateUser) takes it from the scope
+//! ([`change_record`]) and commits it with its change; [`record`] then writes no other.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -253,7 +256,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .and_then(|r| super::auth::operation(request.method(), r))
         .map(|op| op.action().to_owned());
 
-    let request = if query_api {
+    let mut request = if query_api {
         let (parts, body) = request.into_parts();
         match axum::body::to_bytes(body, MAX_QUERY_BODY_BYTES).await {
             Ok(bytes) => {
@@ -291,7 +294,6 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     };
 
     let request_id = RequestId(observe::new_request_id());
-    let mut request = request;
     request.extensions_mut().insert(request_id.clone());
     let scope = Scope {
         note: Arc::new(Mutex::new(Note::default())),
