@@ -212,6 +212,12 @@ impl Hub {
         };
         let now = Instant::now();
         let proposed = BTreeSet::from([self.config.me.clone()]);
+        // Re-confirmed under a newer epoch while leading: the same log, so the followers'
+        // sessions stay connected and their acks stand. An empty table would count a
+        // connected follower as gone until it reconnected, which it has no reason to do,
+        // so it would never be reported caught up again (a rolling reboot then waited
+        // forever for it).
+        let followers = st.leading.take().map(|l| l.followers).unwrap_or_default();
         st.leading = Some(Leading {
             stream,
             since: now,
@@ -221,7 +227,7 @@ impl Hub {
             leaving: Vec::new(),
             proposed,
             seeded: false,
-            followers: BTreeMap::new(),
+            followers,
             peers,
             samples: VecDeque::new(),
         });
@@ -770,6 +776,33 @@ mod tests {
         assert!(hub.admit_resync(&n("b")));
         hub.stop_leading();
         assert!(!hub.admit_resync(&n("b")), "only a leader resyncs anyone");
+    }
+
+    #[test]
+    fn a_connected_follower_stays_caught_up_when_its_leader_is_re_confirmed() {
+        let hub = Hub::new(HubConfig::new(n("a")));
+        hub.become_leader(7, vec![n("a"), n("b")]);
+        hub.on_pointer(Instant::now(), &pointer(7, 5_000, &["a", "b"]));
+        hub.record(FileOp::CreateFile { path: "x" });
+        let lsn = hub.position();
+        // b's session connected under epoch 7 and streams.
+        hub.follower_update(&n("b"), |f| {
+            f.connected = true;
+            f.streaming = true;
+            f.acked = lsn;
+        });
+        let caught_up = |hub: &Hub| {
+            hub.status()
+                .followers
+                .iter()
+                .any(|f| f.node == n("b") && f.caught_up)
+        };
+        assert!(caught_up(&hub));
+        // The control plane re-elects this node under epoch 9; b's session goes on, acking.
+        hub.become_leader(9, vec![n("a"), n("b")]);
+        hub.on_pointer(Instant::now(), &pointer(9, 5_000, &["a"]));
+        hub.follower_update(&n("b"), |f| f.acked = lsn);
+        assert!(caught_up(&hub), "{:?}", hub.status());
     }
 
     #[tokio::test]
