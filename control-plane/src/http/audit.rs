@@ -251,6 +251,9 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .map(|ConnectInfo(addr)| addr.ip());
     let secure_transport = request.extensions().get::<SecureTransport>().is_some();
     let claimed = claimed_key_id(request.headers(), request.uri().query());
+    // Picked here, the outermost layer, so the handler's record can name it;
+    // `observe::request_id` answers with it.
+    let request_id = RequestId(observe::new_request_id());
     let mut action = route
         .as_deref()
         .and_then(|r| super::auth::operation(request.method(), r))
@@ -269,14 +272,13 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
                     "ValidationError",
                     "The request body is too large or could not be read.",
                 );
-                // Answered before the request-id layer runs: give it one here.
-                let request_id = uuid::Uuid::new_v4().to_string();
-                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                // Answered before the request-id layer runs: it gets its header here.
+                if let Ok(value) = HeaderValue::from_str(&request_id.0) {
                     response.headers_mut().insert("x-amzn-RequestId", value);
                 }
                 let event = NewAuditEvent {
                     occurred_at,
-                    request_id,
+                    request_id: request_id.0,
                     principal: claimed.unwrap_or_else(|| "anonymous".to_owned()),
                     action: None,
                     resource: None,
@@ -293,7 +295,6 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         request
     };
 
-    let request_id = RequestId(observe::new_request_id());
     request.extensions_mut().insert(request_id.clone());
     let scope = Scope {
         note: Arc::new(Mutex::new(Note::default())),
