@@ -794,6 +794,32 @@ async fn broker_describe_sees_every_change_after_a_remembered_read() {
             "{}",
             t.backend
         );
+        // A user inserted by any writer, with the generation bump that tells the agents
+        // (inserts bump no detail version: migration 0110).
+        mooring_control_plane::with_pool!(s, pool => sqlx::query(
+            "INSERT INTO broker_users (broker_id, username, password_hash, console_access, \
+             groups, replication_user, pending_change, pending_generation, created_at) \
+             SELECT id, 'raw', 'x', FALSE, '[]', FALSE, 'CREATE', generation + 1, updated_at \
+             FROM brokers WHERE id = $1",
+        )
+        .bind(b.id.as_str())
+        .execute(pool)
+        .await
+        .expect("raw insert")
+        .rows_affected());
+        mooring_control_plane::with_pool!(s, pool => sqlx::query(
+            "UPDATE brokers SET generation = generation + 1 WHERE id = $1",
+        )
+        .bind(b.id.as_str())
+        .execute(pool)
+        .await
+        .expect("raw bump")
+        .rows_affected());
+        assert!(
+            describe().await.users.iter().any(|u| u.username == "raw"),
+            "{}",
+            t.backend
+        );
 
         // Tags, by the broker's ARN.
         let before = describe().await.tags;

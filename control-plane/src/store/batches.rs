@@ -27,8 +27,9 @@ use super::{BrokerSummaryRecord, StoreError};
 /// fell by a third, at the same p99.
 const BATCHES_RUNNING: usize = 1;
 
-/// A DescribeBroker read: the broker's id and the detail version remembered of it.
-pub type DescribeKey = (String, Option<i64>);
+/// A DescribeBroker read: the broker's id and the detail version and generation remembered
+/// of it.
+pub type DescribeKey = (String, Option<(i64, i64)>);
 /// A ListBrokers read: the page's `after` id ("" for the first) and its row limit.
 pub type ListKey = (String, i64);
 type Page = Result<Vec<BrokerSummaryRecord>, StoreError>;
@@ -70,12 +71,17 @@ pub async fn describe_rows_postgres(
     fast: FastPool,
     wanted: Vec<DescribeKey>,
 ) -> Result<Vec<Option<BrokerDetailVersionedRow>>, StoreError> {
-    let (ids, known): (Vec<String>, Vec<Option<i64>>) = wanted.into_iter().unzip();
+    let (ids, known): (Vec<String>, Vec<Option<(i64, i64)>>) = wanted.into_iter().unzip();
+    let (versions, generations): (Vec<Option<i64>>, Vec<Option<i64>>) = known
+        .into_iter()
+        .map(|k| (k.map(|k| k.0), k.map(|k| k.1)))
+        .unzip();
     let rows: Vec<BrokerDetailVersionedRow> =
         on_fast!(fast, conn => sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
             .bind(&ids)
             .bind(DESCRIBE_USERS_MAX)
-            .bind(&known)
+            .bind(&versions)
+            .bind(&generations)
             .fetch_all(conn))
         .await?;
     let mut answers: Vec<Option<BrokerDetailVersionedRow>> = ids.iter().map(|_| None).collect();

@@ -270,15 +270,19 @@ struct BrokerDetailRow {
 /// 1-based place in `$1`. Where the remembered version is current the other tables are not
 /// read and their columns are NULL (`detail_cached` says so; `leadership` is NULL for a
 /// broker that has none, too).
+/// Whether the remembered read still stands: the detail version and the generation
+/// (which inserted users bump instead of the version: migration 0110) are unchanged.
+const CACHED: &str = "v.detail_version = q.known AND b.generation = q.known_generation";
+
 fn describe_sql_postgres() -> String {
-    let unless_cached = |subquery: &str| {
-        format!("CASE WHEN v.detail_version = q.known THEN NULL ELSE ({subquery}) END")
-    };
+    let unless_cached =
+        |subquery: &str| format!("CASE WHEN {CACHED} THEN NULL ELSE ({subquery}) END");
     format!(
         "SELECT q.ord, {COLUMNS}, v.detail_version, \
-         coalesce(v.detail_version = q.known, FALSE) AS detail_cached, \
+         coalesce({CACHED}, FALSE) AS detail_cached, \
          {} AS users, {} AS tags, {} AS nodes, {} AS actions, {} AS leadership \
-         FROM unnest($1::text[], $3::int8[]) WITH ORDINALITY AS q(wanted, known, ord) \
+         FROM unnest($1::text[], $3::int8[], $4::int8[]) \
+             WITH ORDINALITY AS q(wanted, known, known_generation, ord) \
          CROSS JOIN LATERAL (SELECT * FROM brokers WHERE id = q.wanted LIMIT 1) b \
          LEFT JOIN broker_detail_versions v ON v.broker_id = b.id",
         unless_cached(&format!(
@@ -383,7 +387,7 @@ fn described_node(
 
 /// The rows DescribeBroker's statement aggregated, as records.
 fn detail_parts(
-    version: i64,
+    (version, generation): (i64, i64),
     users: Vec<UserRow>,
     tags: Vec<(String, String)>,
     nodes: Vec<NodeColumns>,
@@ -392,6 +396,7 @@ fn detail_parts(
 ) -> Result<DetailParts, StoreError> {
     Ok(DetailParts {
         version,
+        generation,
         users: users
             .into_iter()
             .map(TryInto::try_into)
@@ -602,7 +607,10 @@ impl Store {
         let row: BrokerDetailRow = match self {
             Store::Postgres(_, fast, cache, batches) => {
                 let known = cache.get(id.as_str());
-                let wanted = (id.as_str().to_owned(), known.as_ref().map(|k| k.version));
+                let wanted = (
+                    id.as_str().to_owned(),
+                    known.as_ref().map(|k| (k.version, k.generation)),
+                );
                 let row = match batches.describe.read(wanted.clone()).await {
                     Batched::Answer(row) => row,
                     Batched::RunAlone => describe_rows_postgres(fast.clone(), vec![wanted])
@@ -611,12 +619,13 @@ impl Store {
                         .flatten(),
                 };
                 let row = row.ok_or(StoreError::NotFound("broker"))?;
+                let generation = row.broker.generation;
                 let broker = row.broker.try_into()?;
                 let parts = match known {
                     Some(known) if row.detail_cached => known,
                     _ => {
                         let parts = Arc::new(detail_parts(
-                            row.detail_version.unwrap_or(-1),
+                            (row.detail_version.unwrap_or(-1), generation),
                             row.users.map(|j| j.0).unwrap_or_default(),
                             row.tags.map(|j| j.0).unwrap_or_default(),
                             row.nodes.map(|j| j.0).unwrap_or_default(),
@@ -646,7 +655,7 @@ impl Store {
                 .ok_or(StoreError::NotFound("broker"))?,
         };
         let parts = detail_parts(
-            0,
+            (0, 0),
             row.users.0,
             row.tags.0,
             row.nodes.0,

@@ -131,23 +131,18 @@ mod tests {
     fn finds_a_real_process_by_its_arguments() {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = format!("n-{}", std::process::id());
-        // `sh -c` keeps its own arguments in its command line; `; true` stops it from exec'ing.
+        // `sh -c` keeps its own arguments in its command line.
         let mut child = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "sleep 30; true",
-                "sh",
-                "--node-id",
-                &node,
-                "--data-dir",
-            ])
+            .args(["-c", "read -r line", "sh", "--node-id", &node, "--data-dir"])
             .arg(dir.path())
+            // `read` is a builtin blocked on this pipe: `sh` forks nothing, so no child
+            // of it can briefly show its command line.
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("spawn a stand-in process");
         let pid = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        // `sh` forks `sleep`; between fork and exec the child still shows sh's command line,
-        // so wait for the moment it is the only match.
+        // Wait until /proc shows the command line (the spawn returns before it is set).
         while !is_agent(pid, &node, dir.path()) || find_agents(&node, dir.path()) != vec![pid] {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -167,15 +162,11 @@ mod tests {
         let node = format!("n-scan-{}", std::process::id());
         let dir = nodes.path().join(&node);
         let mut child = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "sleep 30; true",
-                "sh",
-                "--node-id",
-                &node,
-                "--data-dir",
-            ])
+            .args(["-c", "read -r line", "sh", "--node-id", &node, "--data-dir"])
             .arg(&dir)
+            // `read` is a builtin blocked on this pipe: `sh` forks nothing, so no child
+            // of it can briefly show its command line.
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("spawn a stand-in process");
         let pid = child.id();
