@@ -264,16 +264,16 @@ struct BrokerDetailRow {
     leadership: Option<sqlx::types::Json<(String, Option<String>)>>,
 }
 
-/// DescribeBroker's statement on Postgres, for a batch of brokers (see
-/// [`super::batches`]): `$1` the ids, `$3` the detail version the caller remembers of
-/// each (see [`super::detail_cache`]). One row per wanted broker that exists, `ord` its
-/// 1-based place in `$1`. Where the remembered version is current the other tables are not
-/// read and their columns are NULL (`detail_cached` says so; `leadership` is NULL for a
-/// broker that has none, too).
 /// Whether the remembered read still stands: the detail version and the generation
 /// (which inserted users bump instead of the version: migration 0110) are unchanged.
 const CACHED: &str = "v.detail_version = q.known AND b.generation = q.known_generation";
 
+/// DescribeBroker's statement on Postgres, for a batch of brokers (see
+/// [`super::batches`]): `$1` the ids, `$3` and `$4` the detail version and generation the
+/// caller remembers of each (see [`super::detail_cache`]). One row per wanted broker that
+/// exists, `ord` its 1-based place in `$1`. Where the remembered read is current the other
+/// tables are not read and their columns are NULL (`detail_cached` says so; `leadership`
+/// is NULL for a broker that has none, too).
 fn describe_sql_postgres() -> String {
     let unless_cached =
         |subquery: &str| format!("CASE WHEN {CACHED} THEN NULL ELSE ({subquery}) END");
