@@ -58,11 +58,10 @@ pub fn create_user_batches(fast: &FastPool) -> CreateUserBatches {
     })
 }
 
-/// Brokers are found one primary-key probe each (a lateral lookup, whatever a generic plan
-/// would think of the table's size: it scanned `brokers` whole, dead row versions and
-/// all, and a burst of creations leaves many) and locked in id order. The bump needs no
-/// detail-version bump beside it: DescribeBroker's memory compares the generation
-/// (migration 0110). The audit records go in only for the users that went in.
+/// Brokers are found with `= ANY` (an index probe each, however many brokers there are:
+/// the fast pool never plans a whole-table scan). No detail version is bumped beside the
+/// generation: DescribeBroker's memory compares the generation (migration 0110). The audit
+/// records go in only for the users that went in.
 const SQL: &str = "WITH req AS ( \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], \
              $6::bool[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], \
@@ -71,12 +70,9 @@ const SQL: &str = "WITH req AS ( \
              replication_user, asked_at, occurred_at, request_id, principal, action, \
              resource, decision, http_status, error_code, source_ip, ord) \
      ), broker AS ( \
-         SELECT live.id, live.generation + 1 AS generation \
-         FROM (SELECT DISTINCT broker_id FROM req ORDER BY broker_id) AS wanted \
-         CROSS JOIN LATERAL ( \
-             SELECT id, generation FROM brokers \
-             WHERE id = wanted.broker_id AND state <> $18 FOR UPDATE \
-         ) AS live \
+         SELECT id, generation + 1 AS generation FROM brokers \
+         WHERE id = ANY ($1::text[]) AND state <> $18 \
+         ORDER BY id FOR UPDATE \
      ), added AS ( \
          INSERT INTO broker_users (broker_id, username, password_hash, console_access, \
              groups, replication_user, pending_change, pending_generation, created_at) \
@@ -92,9 +88,10 @@ const SQL: &str = "WITH req AS ( \
          WHERE broker_users.pending_change = 'DELETE' \
          RETURNING broker_id, username, pending_generation \
      ), bumped AS ( \
-         UPDATE brokers SET generation = generation + 1, updated_at = $19 \
-         WHERE id = ANY (ARRAY(SELECT DISTINCT broker_id FROM added)) \
-         RETURNING id \
+         UPDATE brokers SET generation = broker.generation, updated_at = $19 \
+         FROM broker WHERE brokers.id = broker.id \
+             AND broker.id IN (SELECT broker_id FROM added) \
+         RETURNING brokers.id \
      ), audited AS ( \
          INSERT INTO audit_events (occurred_at, request_id, principal, action, resource, \
              decision, http_status, error_code, source_ip) \
