@@ -35,7 +35,16 @@ def mq_client(cp):
 
 
 def states(client, ids):
-    return {i: client.describe_broker(BrokerId=i)["BrokerState"] for i in ids}
+    """{broker id: state} of `ids`, from ListBrokers: one request per page, where a
+    DescribeBroker per broker would spend 20 of the caller's rate-limit tokens per poll,
+    more than the bucket refills between polls, so no poll would ever see all 20."""
+    found, token = {}, None
+    while True:
+        page = client.list_brokers(MaxResults=100, **({"NextToken": token} if token else {}))
+        found.update((b["BrokerId"], b["BrokerState"]) for b in page["BrokerSummaries"])
+        token = page.get("NextToken")
+        if not token:
+            return {i: found.get(i, "MISSING") for i in ids}
 
 
 def assert_one_agent_per_node(cp, node_ids):
@@ -98,8 +107,17 @@ def test_kill9_control_plane_during_creation_and_kill9_agent(control_plane):
     client = mq_client(cp)
     create(BROKERS - len(ids))
     node_ids = [f"{i}-1" for i in ids]
-    poll(lambda: set(states(client, ids).values()) == {"RUNNING"}, 180,
-         f"all {BROKERS} brokers to be RUNNING after the restart")
+    seen = {}
+
+    def all_running():
+        seen.update(states(client, ids))
+        return set(seen.values()) == {"RUNNING"}
+
+    try:
+        poll(all_running, 180, f"all {BROKERS} brokers to be RUNNING after the restart", interval=0.5)
+    except BaseException:
+        print(f"last states seen: {seen}\n{cp.log()}")
+        raise
 
     # Watch a few reconcile passes: exactly one agent per node, and the agents that ran
     # through the crash were adopted, not replaced.
