@@ -5,6 +5,7 @@ condition with a deadline, and running a standalone `mooring-agent`. Suite-speci
 live in the conftest.py of each sub-directory.
 """
 
+import datetime as dt
 import json
 import os
 import signal
@@ -207,6 +208,17 @@ class AgentPool:
 
 # Fixtures, so that every suite shares these helpers without importing this module
 # (pytest loads each conftest.py under the same module name, so importing them is unreliable).
+
+
+@pytest.fixture(scope="session")
+def closed_window():
+    """A `--maintenance-window-start-time` value three days from now (UTC).
+
+    A broker's default window is Sunday 00:00 UTC, and in its window a RUNNING broker's
+    pending changes are applied on their own. A test that wants a change to stay pending
+    until it reboots gives its broker this window, so that it passes at any hour."""
+    day = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)).strftime("%A").upper()
+    return f"DayOfWeek={day},TimeOfDay=12:00,TimeZone=UTC"
 
 
 @pytest.fixture(scope="session")

@@ -253,7 +253,7 @@ def test_health_and_metrics(control_plane):
     assert "mooring_brokers{state=" in text
 
 
-def test_reboot_applies_pending_changes_on_a_running_broker(tmp_path, control_plane_kit):
+def test_reboot_applies_pending_changes_on_a_running_broker(tmp_path, control_plane_kit, closed_window):
     """With real agents: the broker reaches RUNNING, a reboot applies the pending
     instance type, and deletion ends in NotFoundException."""
     Aws, ControlPlane, poll = control_plane_kit
@@ -261,7 +261,8 @@ def test_reboot_applies_pending_changes_on_a_running_broker(tmp_path, control_pl
     cp = ControlPlane(tmp_path / "cp")
     try:
         aws = Aws(cp.endpoint, tmp_path, cp.credentials_file)
-        broker_id = create_broker(aws, unique("reboot"))["BrokerId"]
+        # Its window is not now, so the change waits for the reboot.
+        broker_id = create_broker(aws, unique("reboot"), "--maintenance-window-start-time", closed_window)["BrokerId"]
 
         def state():
             return aws.ok("describe-broker", "--broker-id", broker_id)["BrokerState"]

@@ -63,12 +63,14 @@ def node_pids(cp, broker_id):
 
 
 @pytest.mark.timeout(300)
-def test_broker_lifecycle(aws, control_plane):
+def test_broker_lifecycle(aws, control_plane, closed_window):
     cp = control_plane
     created = aws.ok(
         "create-broker", "--broker-name", "lifecycle-1", "--deployment-mode", "SINGLE_INSTANCE",
         "--engine-type", "RABBITMQ", "--engine-version", "3.13", "--host-instance-type", "mq.m5.large",
         "--no-publicly-accessible", "--auto-minor-version-upgrade",
+        # Its window is not now, so the update below stays pending until the reboot.
+        "--maintenance-window-start-time", closed_window,
         "--users", f"Username={ADMIN[0]},Password={ADMIN[1]}",
     )
     broker_id = created["BrokerId"]
