@@ -91,9 +91,9 @@ pgbench_run() {
 read -r select_tps select_client select_pg < <(pgbench_run "\\\\set n random(0, $((BROKERS - 1)))\nSELECT * FROM brokers WHERE name = 'load-' || :n;\n")
 read -r insert_tps insert_client insert_pg < <(pgbench_run "INSERT INTO tags (resource_arn, key, value) VALUES (md5(random()::text), 'k', 'v');\n")
 # For scale, not a target: CreateUser's write for one user (lock the broker, insert the user,
-# bump the generation, append the request's audit record), prepared, with no API or authentication around it. (mooring runs it for batches of
-# concurrent creations.) Its audit strings use dots for colons, which pgbench would read as
-# variables.
+# bump the generation, append the request's audit record), prepared, with no API or
+# authentication around it. (mooring runs it for batches of concurrent creations.) Its audit
+# strings use dots for colons, which pgbench would read as variables.
 read -r stmt_tps _ stmt_pg < <(pgbench_run "\\\\set n random(0, $((BROKERS - 1)))\n\\\\set u random(1, 2000000000)\nWITH broker AS (SELECT id, generation + 1 AS generation FROM brokers WHERE name = 'load-' || :n::text AND state <> 'DELETION_IN_PROGRESS' FOR UPDATE), added AS (INSERT INTO broker_users (broker_id, username, password_hash, console_access, groups, replication_user, pending_change, pending_generation, created_at) SELECT broker.id, 'pg' || :u::text, 'aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA==', false, '[]', false, 'CREATE', broker.generation, now() FROM broker ON CONFLICT (broker_id, username) DO UPDATE SET password_hash = EXCLUDED.password_hash WHERE broker_users.pending_change = 'DELETE' RETURNING broker_id, pending_generation), bumped AS (UPDATE brokers SET generation = added.pending_generation, updated_at = now() FROM added WHERE brokers.id = added.broker_id RETURNING brokers.generation), audited AS (INSERT INTO audit_events (occurred_at, request_id, principal, action, resource, decision, http_status, error_code, source_ip) SELECT now(), md5(random()::text), 'arn.aws.iam..000000000000.user/admin', 'mq.CreateUser', 'arn.aws.mq.us-east-1.000000000000.broker.load', 'allowed', 200, NULL, '127.0.0.1' FROM added) SELECT EXISTS (SELECT 1 FROM broker), (SELECT generation FROM bumped);\n" "-M prepared")
 echo "bench-api: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 

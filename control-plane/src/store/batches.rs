@@ -72,10 +72,8 @@ pub async fn describe_rows_postgres(
     wanted: Vec<DescribeKey>,
 ) -> Result<Vec<Option<BrokerDetailVersionedRow>>, StoreError> {
     let (ids, known): (Vec<String>, Vec<Option<(i64, i64)>>) = wanted.into_iter().unzip();
-    let (versions, generations): (Vec<Option<i64>>, Vec<Option<i64>>) = known
-        .into_iter()
-        .map(|k| (k.map(|k| k.0), k.map(|k| k.1)))
-        .unzip();
+    let (versions, generations): (Vec<Option<i64>>, Vec<Option<i64>>) =
+        known.into_iter().map(Option::unzip).unzip();
     let rows: Vec<BrokerDetailVersionedRow> =
         on_fast!(fast, conn => sqlx::query_as(DESCRIBE_SQL_POSTGRES.as_str())
             .bind(&ids)
